@@ -1,0 +1,1 @@
+"""Command-line entry points (Typer): one module per command, common.py for shared plumbing."""

@@ -1,0 +1,103 @@
+"""Shared CLI plumbing: one-line errors with exit code 2, progress bars, output helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
+
+import typer
+
+from gazenlq.errors import GazeNLQError
+
+try:  # typer >= 0.24 vendors its own click
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import ClickException, NoArgsIsHelpError
+
+T = TypeVar("T")
+
+
+def make_app(help: str) -> typer.Typer:
+    """A Typer app configured like every gazenlq command (no rich tracebacks, no completion)."""
+    return typer.Typer(help=help, no_args_is_help=True, add_completion=False,
+                       pretty_exceptions_enable=False, rich_markup_mode=None)
+
+
+def fail(message: str) -> None:
+    """Print ``error: message`` as one line on stderr and exit 2."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
+    """Run ``app``; user errors and usage errors become one line on stderr and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
+                          standalone_mode=False)
+    except NoArgsIsHelpError as exc:
+        print(exc.format_message(), file=sys.stderr)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        fail("interrupted")
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except ClickException as exc:
+        fail(f"{prog_name}: {exc.format_message()}")
+    except GazeNLQError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail("interrupted")
+    except BrokenPipeError:
+        raise SystemExit(0) from None
+    if isinstance(rv, int) and rv:
+        raise SystemExit(rv)
+
+
+def not_yet(command: str, issue: str) -> None:
+    """Say plainly that ``command`` is not built yet and exit 2 (never pretend)."""
+    fail(f"{command} is not implemented yet: it arrives with {issue}")
+
+
+def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
+             unit: str = "it", quiet: bool = False) -> Iterable[T]:
+    """A tqdm bar on stderr, shown only when stderr is a terminal and not ``quiet``."""
+    from tqdm import tqdm
+
+    disable = quiet or not sys.stderr.isatty() or os.environ.get("GAZENLQ_NO_PROGRESS") == "1"
+    return tqdm(items, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
+                dynamic_ncols=True, leave=False)
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    """Print rows as an aligned plain-text table on stdout."""
+    text = [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in text)) if text else len(c)
+              for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
+    print("  ".join("-" * w for w in widths))
+    for r in text:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+
+
+def print_json(obj: object) -> None:
+    print(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1e5 else f"{v:.0f}"
+    return str(v)
+
+
+def _json_default(o: object) -> object:
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)

@@ -1,0 +1,19 @@
+"""User-facing errors: each one is printed by the CLI as one line, exit code 2."""
+
+from __future__ import annotations
+
+
+class GazeNLQError(Exception):
+    """Bad user input (file, array, argument); the message names it and what was expected."""
+
+
+class StoreError(GazeNLQError):
+    """A feature store is missing, incomplete, corrupted or of the wrong shape / schema."""
+
+
+class AnnotationError(GazeNLQError):
+    """An annotation or prediction file does not follow the Ego4D NLQ schema."""
+
+
+class MissingDependencyError(GazeNLQError):
+    """An optional dependency is not installed; the message names the extra to install."""

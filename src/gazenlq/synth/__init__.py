@@ -1,0 +1,1 @@
+"""EgoSim: procedurally generated egocentric sessions with features, gaze and NLQ queries."""

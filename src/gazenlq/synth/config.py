@@ -1,0 +1,78 @@
+"""EgoSim's configuration: one dataclass, the difficulty knob and its presets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+from gazenlq.timegrid import EGO4D, TimeGrid
+
+GRID_SIDE = 4
+"""The spatial gaze-estimator features are a GRID_SIDE x GRID_SIDE grid of cells."""
+
+
+@dataclass(frozen=True)
+class Difficulty:
+    """How hard the world is to ground in (docs/synthetic-data.md, 'difficulty').
+
+    clutter: mean number of distractor objects visible beside the handled one.
+    noise: std of the i.i.d. per-step feature noise (concept vectors have norm 1).
+    drift: std of the slow AR(1) drift added to every feature.
+    gaze_off: probability that a fixation during an interaction lands off the handled object.
+    hand_cue: strength of the hand cue at the handled object's cell (how predictable gaze is).
+    """
+
+    clutter: float = 4.0
+    noise: float = 0.35
+    drift: float = 0.35
+    gaze_off: float = 0.2
+    hand_cue: float = 0.8
+
+
+DIFFICULTIES: dict[str, Difficulty] = {
+    "easy": Difficulty(clutter=2.0, noise=0.2, drift=0.2, gaze_off=0.1, hand_cue=1.0),
+    "default": Difficulty(),
+    "hard": Difficulty(clutter=7.0, noise=0.5, drift=0.5, gaze_off=0.35, hand_cue=0.6),
+}
+
+
+@dataclass(frozen=True)
+class EgoSimConfig:
+    """Everything that determines an EgoSim dataset; equal configs give identical data."""
+
+    seed: int = 0
+    sessions: int = 200
+    video_dim: int = 256
+    cell_dim: int = 32
+    gaze_fraction: float = 0.5
+    """Share of sessions recorded with an eye tracker (ground-truth gaze maps)."""
+    session_hours: float | None = None
+    """Fixed session length (long-video benchmarks); None samples Ego4D-like clip layouts."""
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    difficulty: Difficulty = field(default_factory=Difficulty)
+    grid: TimeGrid = EGO4D
+
+    @property
+    def gaze_dim(self) -> int:
+        return GRID_SIDE * GRID_SIDE * self.cell_dim
+
+    def with_difficulty(self, name: str) -> EgoSimConfig:
+        return replace(self, difficulty=DIFFICULTIES[name])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EgoSimConfig:
+        d = dict(d)
+        d["difficulty"] = Difficulty(**d["difficulty"])
+        d["grid"] = TimeGrid(**d["grid"])
+        d["split"] = tuple(d["split"])
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes one session's data (not the session count)."""
+        d = self.to_dict()
+        d.pop("sessions")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

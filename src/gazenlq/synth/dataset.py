@@ -1,0 +1,181 @@
+"""EgoSim datasets: sessions -> feature stores + Ego4D NLQ JSON annotations per split."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gazenlq.errors import GazeNLQError, StoreError
+from gazenlq.store import FeatureStore, StoreWriter
+from gazenlq.synth.config import EgoSimConfig
+from gazenlq.synth.queries import clip_queries
+from gazenlq.synth.render import render
+from gazenlq.synth.timeline import Timeline, build_timeline
+from gazenlq.synth.world import World
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "egosim.json"
+ANNOTATION_VERSION = "2.0"
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """Identity of one session: its index, uid, split and whether it was eye-tracked."""
+
+    index: int
+    video_uid: str
+    split: str
+    has_gaze: bool
+
+
+def _uid(rng: np.random.Generator) -> str:
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+def plan_sessions(cfg: EgoSimConfig) -> list[SessionPlan]:
+    """Every session's identity, deterministic in ``cfg.seed``."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5E55]))
+    order = rng.permutation(cfg.sessions)
+    bounds = np.cumsum(np.array(cfg.split) / sum(cfg.split)) * cfg.sessions
+    split_of = {int(s): SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
+                for rank, s in enumerate(order)}
+    return [SessionPlan(i, _uid(rng), split_of[i], bool(rng.random() < cfg.gaze_fraction))
+            for i in range(cfg.sessions)]
+
+
+def session_timeline(cfg: EgoSimConfig, plan: SessionPlan) -> Timeline:
+    return build_timeline(cfg, np.random.default_rng(
+        np.random.SeedSequence([cfg.seed, plan.index, 1])))
+
+
+def _render_seed(cfg: EgoSimConfig, plan: SessionPlan) -> int:
+    return int(np.random.SeedSequence([cfg.seed, plan.index, 3]).generate_state(1)[0])
+
+
+def store_path(out: Path, plan: SessionPlan) -> Path:
+    return out / "stores" / f"{plan.video_uid}.zarr"
+
+
+def _store_is_current(path: Path, cfg: EgoSimConfig, plan: SessionPlan) -> bool:
+    """A finished store of this very session and config (so a rerun can skip it)."""
+    try:
+        extra = FeatureStore.open(path).extra
+    except StoreError:
+        return False
+    return extra.get("egosim_fingerprint") == cfg.fingerprint() and \
+        extra.get("session_index") == plan.index
+
+
+def write_session(cfg: EgoSimConfig, plan: SessionPlan, out: Path,
+                  timeline: Timeline | None = None) -> Path:
+    """Render one session into its store (skipped when an identical store exists)."""
+    path = store_path(out, plan)
+    if _store_is_current(path, cfg, plan):
+        return path
+    tl = timeline or session_timeline(cfg, plan)
+    world = World.build(cfg.seed, cfg.video_dim, cfg.cell_dim)
+    num_steps = cfg.grid.num_steps(tl.duration_s)
+    with StoreWriter(path, video_uid=plan.video_uid, video_dim=cfg.video_dim,
+                     gaze_dim=cfg.gaze_dim, grid=cfg.grid, duration_s=tl.duration_s,
+                     video_sources=("egosim-pooled",), gaze_sources=("egosim-spatial",),
+                     with_gaze_maps=plan.has_gaze, overwrite=True,
+                     extra_attrs={"egosim_fingerprint": cfg.fingerprint(),
+                                  "session_index": plan.index, "split": plan.split}) as w:
+        for block in render(tl, world, cfg, num_steps, _render_seed(cfg, plan), plan.has_gaze):
+            w.append(block.video, block.gaze, block.gaze_maps, block.gaze_type)
+    return path
+
+
+def video_entry(cfg: EgoSimConfig, plan: SessionPlan, tl: Timeline) -> dict:
+    """The session as one ``videos[]`` entry of the Ego4D NLQ JSON (v2 layout)."""
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, plan.index, 2]))
+    fps = cfg.grid.fps
+    clips = []
+    for c0, c1 in tl.clips:
+        inside = [e for e in tl.events if e.start_s >= c0 and e.end_s <= c1]
+        queries = clip_queries(inside, rng)
+        groups = [queries[i:i + 7] for i in range(0, len(queries), 7)]
+        annotations = [{
+            "language_queries": [{
+                "clip_start_sec": q.start_s - c0, "clip_end_sec": q.end_s - c0,
+                "video_start_sec": q.start_s, "video_end_sec": q.end_s,
+                "video_start_frame": int(q.start_s * fps), "video_end_frame": int(q.end_s * fps),
+                "template": q.template, "query": q.text, "slot_x": q.slot, "verb_x": q.verb,
+                "raw_tags": [q.template, q.text, q.slot, q.verb],
+            } for q in group],
+            "annotation_uid": _uid(rng),
+        } for group in groups]
+        clips.append({
+            "clip_uid": _uid(rng), "video_start_sec": c0, "video_end_sec": c1,
+            "video_start_frame": int(c0 * fps), "video_end_frame": int(c1 * fps),
+            "clip_start_sec": 0, "clip_end_sec": c1 - c0, "clip_start_frame": 0,
+            "clip_end_frame": int((c1 - c0) * fps), "source_clip_uid": _uid(rng),
+            "annotations": annotations,
+        })
+    return {"video_uid": plan.video_uid, "split": plan.split, "clips": clips}
+
+
+def _session_job(args: tuple[EgoSimConfig, SessionPlan, str]) -> dict:
+    cfg, plan, out = args
+    tl = session_timeline(cfg, plan)
+    write_session(cfg, plan, Path(out), tl)
+    return video_entry(cfg, plan, tl)
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
+             on_session: Callable[[], None] | None = None) -> dict:
+    """Write (or finish) an EgoSim dataset under ``out``; returns the manifest.
+
+    Resumable: stores are published atomically and a rerun skips the finished ones; the
+    annotation files and manifest are written (atomically) last.
+    """
+    out = Path(out)
+    manifest_path = out / MANIFEST
+    if manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("config") != json.loads(json.dumps(cfg.to_dict())):
+            raise GazeNLQError(f"{out}: holds an EgoSim dataset of another config; "
+                               "choose an empty directory")
+    (out / "stores").mkdir(parents=True, exist_ok=True)
+    plans = plan_sessions(cfg)
+    work = [(cfg, p, str(out)) for p in plans]
+    entries: list[dict] = []
+    if jobs > 1 and len(work) > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for entry in pool.map(_session_job, work):
+                entries.append(entry)
+                if on_session:
+                    on_session()
+    else:
+        for w in work:
+            entries.append(_session_job(w))
+            if on_session:
+                on_session()
+    (out / "annotations").mkdir(exist_ok=True)
+    for split in SPLITS:
+        _write_json(out / "annotations" / f"nlq_{split}.json", {
+            "version": ANNOTATION_VERSION, "date": "egosim",
+            "description": f"EgoSim NLQ annotations ({split})",
+            "videos": [e for e in entries if e["split"] == split]})
+    manifest = {
+        "generator": "gazenlq EgoSim", "config": cfg.to_dict(),
+        "fingerprint": cfg.fingerprint(),
+        "sessions": [{"index": p.index, "video_uid": p.video_uid, "split": p.split,
+                      "has_gaze": p.has_gaze,
+                      "store": str(store_path(out, p).relative_to(out))} for p in plans],
+    }
+    _write_json(manifest_path, manifest)
+    return manifest

@@ -1,0 +1,86 @@
+"""The one time grid: feature step index <-> seconds, used by every other module.
+
+Ego4D features are computed on windows of ``window`` frames taken every ``stride`` frames of
+``fps`` video: step ``i`` covers frames ``[stride*i, stride*i + window)`` and is located at
+its centre, ``(stride*i + window/2) / fps`` seconds. A continuous step coordinate ``x`` (the
+unit the models predict in) maps to seconds by the same affine rule, in both directions, at
+training and at inference (the anchors' 16.043-frame stride and inference-only half-window
+offset are deliberately not reproduced).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TimeGrid:
+    """Feature sampling of a video: frame rate, window and stride in frames."""
+
+    fps: float = 30.0
+    window: int = 32
+    stride: int = 16
+
+    def __post_init__(self) -> None:
+        if not (self.fps > 0 and self.window > 0 and self.stride > 0):
+            raise ValueError(f"invalid time grid {self}: fps, window and stride must be > 0")
+
+    @property
+    def steps_per_second(self) -> float:
+        """Feature steps per second of video (1.875 for Ego4D)."""
+        return self.fps / self.stride
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.stride / self.fps
+
+    @property
+    def offset_s(self) -> float:
+        """Seconds from a window's first frame to its centre."""
+        return self.window / 2 / self.fps
+
+    def to_seconds(self, steps):
+        """Continuous step coordinate(s) -> seconds (step ``i`` -> centre of window ``i``)."""
+        return np.asarray(steps, dtype=np.float64) * self.seconds_per_step + self.offset_s
+
+    def to_steps(self, seconds):
+        """Seconds -> continuous step coordinate(s); exact inverse of :meth:`to_seconds`."""
+        return (np.asarray(seconds, dtype=np.float64) - self.offset_s) / self.seconds_per_step
+
+    def step_frames(self, i: int) -> tuple[int, int]:
+        """Half-open frame range ``[first, last)`` covered by step ``i``."""
+        return self.stride * i, self.stride * i + self.window
+
+    def step_bounds_s(self, i):
+        """Start and end in seconds of the window(s) of step(s) ``i``."""
+        start = np.asarray(i, dtype=np.float64) * self.seconds_per_step
+        return start, start + self.window / self.fps
+
+    def num_frames(self, duration_s: float) -> int:
+        """Whole frames in a video of ``duration_s`` seconds (tolerant to float noise)."""
+        return math.floor(duration_s * self.fps + 1e-6)
+
+    def num_steps(self, duration_s: float) -> int:
+        """Number of complete feature windows in a video of ``duration_s`` seconds."""
+        frames = self.num_frames(duration_s)
+        return 0 if frames < self.window else (frames - self.window) // self.stride + 1
+
+    def clip_slice(self, start_s: float, end_s: float) -> slice:
+        """Official Ego4D slicing of clip features out of video features.
+
+        ``int(t0 * steps_per_second)`` to ``int(t1 * steps_per_second)``, end inclusive.
+        """
+        first = int(start_s * self.steps_per_second)
+        last = int(end_s * self.steps_per_second)
+        return slice(first, last + 1)
+
+    def segments_to_seconds(self, segments, duration_s: float) -> np.ndarray:
+        """``[N, 2]`` segments in step coordinates -> seconds, clamped to ``[0, duration_s]``."""
+        return np.clip(self.to_seconds(segments), 0.0, duration_s)
+
+
+EGO4D = TimeGrid()
+"""Ego4D's pre-extracted feature grid: 30 fps, 32-frame windows, stride 16 (1.875 steps/s)."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: a small EgoSim dataset, the real Ego4D annotation file when present."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NLQ_VAL = REPO.parent / "shared" / "data" / "ego4d_nlq" / "nlq_val.json"
+BIN = Path(sys.executable).parent
+
+os.environ.setdefault("GAZENLQ_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def nlq_val() -> Path:
+    if not NLQ_VAL.is_file():
+        pytest.skip(f"real Ego4D NLQ val annotations not found at {NLQ_VAL} "
+                    "(they live in ../shared, beside a checkout; not shipped with the project)")
+    return NLQ_VAL
+
+
+@pytest.fixture(scope="session")
+def egosim_small(tmp_path_factory):
+    """Six EgoSim sessions (about half with gaze maps) and their manifest."""
+    from gazenlq.synth.config import EgoSimConfig
+    from gazenlq.synth.dataset import generate
+
+    out = tmp_path_factory.mktemp("egosim_small")
+    cfg = EgoSimConfig(seed=3, sessions=6)
+    return cfg, out, generate(cfg, out)
+
+
+def script(name: str) -> str:
+    """Path of one of the project's console scripts in this environment."""
+    path = BIN / name
+    if not path.exists():
+        pytest.fail(f"console script {name} not installed in {BIN}; run `make setup`")
+    return str(path)
