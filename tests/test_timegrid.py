@@ -40,3 +40,17 @@ def test_segments_to_seconds_clamps():
 def test_invalid_grid():
     with pytest.raises(ValueError):
         TimeGrid(30.0, 0, 16)
+
+
+@given(st.floats(0, 1200), st.floats(0, 3600))
+def test_clip_local_coordinates_round_trip(t_clip, clip_start):
+    first, _ = EGO4D.clip_steps(clip_start, clip_start + 480.0, 10**6)
+    x = EGO4D.clip_to_steps(t_clip, clip_start, first)
+    assert EGO4D.steps_to_clip(x, clip_start, first) == pytest.approx(t_clip, abs=1e-6)
+    # the local coordinate is the video coordinate shifted by the clip's first step
+    assert x + first == pytest.approx(float(EGO4D.to_steps(clip_start + t_clip)), abs=1e-6)
+
+
+def test_clip_steps_clamped():
+    assert EGO4D.clip_steps(0.0, 480.0, 899) == (0, 899)
+    assert EGO4D.clip_steps(2340.0, 2820.0, 10**6) == (4387, 5288)

@@ -77,6 +77,20 @@ class TimeGrid:
         last = int(end_s * self.steps_per_second)
         return slice(first, last + 1)
 
+    def clip_steps(self, start_s: float, end_s: float, num_steps: int) -> tuple[int, int]:
+        """Steps ``[first, stop)`` of a clip inside its video's features (official slicing,
+        clamped to the video's ``num_steps``)."""
+        sl = self.clip_slice(start_s, end_s)
+        return min(sl.start, num_steps), min(sl.stop, num_steps)
+
+    def clip_to_steps(self, t_clip, clip_start_s: float, first_step: int):
+        """Clip seconds -> continuous step coordinate local to a clip's feature slice."""
+        return self.to_steps(np.asarray(t_clip, dtype=np.float64) + clip_start_s) - first_step
+
+    def steps_to_clip(self, x, clip_start_s: float, first_step: int):
+        """Local step coordinate of a clip's feature slice -> clip seconds (inverse)."""
+        return self.to_seconds(np.asarray(x, dtype=np.float64) + first_step) - clip_start_s
+
     def segments_to_seconds(self, segments, duration_s: float) -> np.ndarray:
         """``[N, 2]`` segments in step coordinates -> seconds, clamped to ``[0, duration_s]``."""
         return np.clip(self.to_seconds(segments), 0.0, duration_s)

@@ -1,27 +1,98 @@
-"""gaze-train: not built yet; it says so plainly (exit 2) instead of pretending."""
+"""gaze-train: train the GazeNLQ models on feature stores (one run, or a variants x seeds table)."""
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import replace
+from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import make_app, not_yet, run
+from gazenlq.cli.common import fail, make_app, print_json, print_table, run
 
-app = make_app(
-    "Train the GazeNLQ models on feature stores: stage 1, the gaze estimator (InfoNCE + KL on "
-    "ground-truth gaze maps); stage 2, the gaze-augmented grounding model and its no-gaze and "
-    "negative-gaze baselines. Writes safetensors checkpoints with their JSON config. Not "
-    "implemented yet: arrives with issue 5 (models and training)."
-)
+app = make_app("Train GazeNLQ on feature stores: stage 1 the gaze estimator (InfoNCE + KL on "
+               "ground-truth gaze maps), stage 2 the grounding model with gaze (GazeNLQ), "
+               "negative gaze (GazeNLQ*) or none (GroundNLQ baseline). Checkpoints are "
+               "safetensors + JSON, written atomically; --resume continues a killed run.")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def train(args: Annotated[list[str] | None, typer.Argument(help="Arguments.")] = None) -> None:
-    """Train the GazeNLQ models on feature stores: stage 1, the gaze estimator (InfoNCE + KL on
-    ground-truth gaze maps); stage 2, the gaze-augmented grounding model and its no-gaze and
-    negative-gaze baselines. Writes safetensors checkpoints with their JSON config."""
-    not_yet("gaze-train", "issue 5 (models and training)")
+class Preset(str, Enum):
+    small = "small"
+    paper = "paper"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--seeds: expected comma-separated integers, got {text!r}")
+        raise
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="EgoSim dataset directory (gaze-synth OUT), or "
+                                         "a directory of stores with --train/--val/--test.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
+    preset: Annotated[Preset, typer.Option(help="Model/training preset.")] = Preset.small,
+    variants: Annotated[str, typer.Option(help="Comma-separated: none, gaze, neg_gaze.")]
+    = "gaze",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
+    train_ann: Annotated[Path | None, typer.Option("--train", help="Train NLQ JSON.")] = None,
+    val_ann: Annotated[Path | None, typer.Option("--val", help="Val NLQ JSON.")] = None,
+    test_ann: Annotated[Path | None, typer.Option("--test", help="Test NLQ JSON.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-2 epochs.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the results table (Markdown) "
+                                                "here, e.g. docs/results.md.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue interrupted runs in OUT.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON results.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
+) -> None:
+    """Train every variant x seed into OUT/<variant>-s<seed>/ and print the test metrics."""
+    from gazenlq.training.config import GAZE_VARIANTS
+    from gazenlq.training.config import preset as get_preset
+    from gazenlq.training.experiment import run_table
+    from gazenlq.training.run import DataPaths
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    for v in names:
+        if v not in GAZE_VARIANTS:
+            fail(f"--variants: unknown variant {v!r} (expected {', '.join(GAZE_VARIANTS)})")
+    if not data.is_dir():
+        fail(f"{data}: not a directory")
+    if train_ann or val_ann:
+        if not (train_ann and val_ann):
+            fail("--train and --val go together")
+        paths = DataPaths(data, train_ann, val_ann, test_ann)
+    else:
+        paths = DataPaths.egosim(data)
+        for p in (paths.stores, paths.train, paths.val):
+            if not p.exists():
+                fail(f"{p}: missing (is {data} a gaze-synth dataset? else pass --train/--val)")
+    cfg = replace(get_preset(preset.value), workers=workers)
+    if epochs is not None:
+        cfg = replace(cfg, stage2=replace(cfg.stage2, epochs=epochs))
+    t0 = time.perf_counter()
+    table = run_table(cfg, paths, out, variants=names, seeds=_ints(seeds), resume=resume,
+                      quiet=quiet, preset=preset.value)
+    table["seconds"] = round(time.perf_counter() - t0, 1)
+    if report is not None:
+        from gazenlq.training.experiment import write_report
+
+        write_report(table, report)
+    if as_json:
+        print_json(table)
+        return
+    metrics = ("R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "mIoU")
+    print_table(["variant", "seeds", *[f"test {m}" for m in metrics]],
+                [[r["variant"], len(r["seeds"]), *[f"{r['mean'][m]:.2f} ± {r['std'][m]:.2f}"
+                                                   for m in metrics]]
+                 for r in table["rows"]])
+    print(f"\n{json.dumps({'runs': str(out), 'minutes': round(table['seconds'] / 60, 1)})}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
+from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import AnnotationError
 
 Window = tuple[float, float]
@@ -164,20 +163,6 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise AnnotationError(f"{path}: not valid JSON: not UTF-8 text") from None
     except OSError as exc:
         raise AnnotationError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON through a temporary file and ``os.replace`` (never half-written)."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_queries(path: str | os.PathLike[str]) -> QueryTable:

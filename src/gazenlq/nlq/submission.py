@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gazenlq.nlq.annotations import JsonChecker, QueryKey, Window, read_json, write_json_atomic
+from gazenlq.atomic import write_json_atomic
+from gazenlq.nlq.annotations import JsonChecker, QueryKey, Window, read_json
 
 VERSION = "1.0"
 CHALLENGE = "ego4d_nlq_challenge"

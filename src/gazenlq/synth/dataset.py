@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import GazeNLQError, StoreError
 from gazenlq.store import FeatureStore, StoreWriter
 from gazenlq.synth.config import EgoSimConfig
@@ -40,14 +41,23 @@ def _uid(rng: np.random.Generator) -> str:
 
 
 def plan_sessions(cfg: EgoSimConfig) -> list[SessionPlan]:
-    """Every session's identity, deterministic in ``cfg.seed``."""
+    """Every session's identity, deterministic in ``cfg.seed``.
+
+    Eye-tracked sessions are drawn per split (``round(gaze_fraction * n)`` of each), so
+    every split of a dataset with gaze has some, as stage-1 training and validation need.
+    """
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5E55]))
     order = rng.permutation(cfg.sessions)
     bounds = np.cumsum(np.array(cfg.split) / sum(cfg.split)) * cfg.sessions
     split_of = {int(s): SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
                 for rank, s in enumerate(order)}
-    return [SessionPlan(i, _uid(rng), split_of[i], bool(rng.random() < cfg.gaze_fraction))
-            for i in range(cfg.sessions)]
+    uids = [_uid(rng) for _ in range(cfg.sessions)]
+    tracked: set[int] = set()
+    for split in SPLITS:
+        members = sorted(i for i, sp in split_of.items() if sp == split)
+        k = round(cfg.gaze_fraction * len(members))
+        tracked.update(int(i) for i in rng.choice(members, size=k, replace=False))
+    return [SessionPlan(i, uids[i], split_of[i], i in tracked) for i in range(cfg.sessions)]
 
 
 def session_timeline(cfg: EgoSimConfig, plan: SessionPlan) -> Timeline:
@@ -129,12 +139,6 @@ def _session_job(args: tuple[EgoSimConfig, SessionPlan, str]) -> dict:
     return video_entry(cfg, plan, tl)
 
 
-def _write_json(path: Path, doc: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-
-
 def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
              on_session: Callable[[], None] | None = None) -> dict:
     """Write (or finish) an EgoSim dataset under ``out``; returns the manifest.
@@ -166,7 +170,7 @@ def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
                 on_session()
     (out / "annotations").mkdir(exist_ok=True)
     for split in SPLITS:
-        _write_json(out / "annotations" / f"nlq_{split}.json", {
+        write_json_atomic(out / "annotations" / f"nlq_{split}.json", {
             "version": ANNOTATION_VERSION, "date": "egosim",
             "description": f"EgoSim NLQ annotations ({split})",
             "videos": [e for e in entries if e["split"] == split]})
@@ -177,5 +181,5 @@ def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
                       "has_gaze": p.has_gaze,
                       "store": str(store_path(out, p).relative_to(out))} for p in plans],
     }
-    _write_json(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest, indent=1)
     return manifest

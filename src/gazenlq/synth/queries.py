@@ -82,6 +82,7 @@ def _simple(key: Callable[[Event], object | None], phrasings: tuple[str, ...],
             "category": OBJECTS[e.obj][2] if e.obj >= 0 else "",
             "target": _name(e.target) if e.target >= 0 else "",
             "past": VERBS[e.verb][verb_form],
+            "base": VERBS[e.verb][2],
             "place": PLACES[e.place],
             "person": PEOPLE[e.person] if e.person >= 0 else "",
         }
@@ -111,16 +112,16 @@ TEMPLATES: tuple[tuple[str, float, Picker], ...] = (
         lambda e: e.target if e.verb == "put_in" else None, (
             "What did I put in the {target}?", "What did I place inside the {target}?"))),
     ("EgoSim: how many X did I Y", 0.0848, _simple(_verb_obj(("take", "put", "wash", "cut")), (
-        "How many {plural} did I {past}?", "How many {plural} have I {past}?"))),
+        "How many {plural} did I {base}?", "How many {plural} have I {past}?"))),
     ("EgoSim: in which room was X", 0.0788, _simple(_obj, (
         "In which room did I see the {obj}?", "In what room was the {obj}?"))),
     ("EgoSim: which X did I Y", 0.0769, _simple(
         lambda e: (e.verb, OBJECTS[e.obj][2]) if e.obj >= 0 and e.verb not in
-        ("put_in", "receive") else None, ("Which {category} did I {past}?",))),
+        ("put_in", "receive") else None, ("Which {category} did I {base}?",))),
     ("EgoSim: what colour is X", 0.0729, _simple(_verb_obj(tuple(VERBS)), (
         "What colour was the {obj} I {past}?",))),
     ("EgoSim: state of X", 0.0518, _simple(_verb_obj(("open", "close")), (
-        "Did I {past} the {obj}?", "When was the {obj} {past}?"))),
+        "Did I {base} the {obj}?", "When was the {obj} {past}?"))),
     ("EgoSim: who handed me X", 0.0253, _simple(_verb_obj(("receive",)), (
         "Who handed me the {obj}?", "Who gave me the {obj}?"))),
     ("EgoSim: who did I talk to in X", 0.0200, _simple(

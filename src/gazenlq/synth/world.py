@@ -53,13 +53,16 @@ CONTAINERS = ("bottle", "jar", "box", "bag", "drawer", "cabinet", "fridge", "was
 OPENABLE = ("bottle", "jar", "box", "bag", "drawer", "cabinet", "fridge", "washing machine",
             "laptop", "book", "notebook", "envelope")
 
-# verb id -> (past tense, gerund)
-VERBS: dict[str, tuple[str, str]] = {
-    "put": ("put down", "putting down"), "take": ("picked up", "picking up"),
-    "put_in": ("put", "putting"), "open": ("opened", "opening"), "close": ("closed", "closing"),
-    "cut": ("cut", "cutting"), "wash": ("washed", "washing"), "use": ("used", "using"),
-    "hold": ("held", "holding"), "fold": ("folded", "folding"), "fix": ("fixed", "fixing"),
-    "receive": ("was handed", "being handed"), "talk": ("talked", "talking"),
+# verb id -> (past tense, gerund, base form)
+VERBS: dict[str, tuple[str, str, str]] = {
+    "put": ("put down", "putting down", "put down"),
+    "take": ("picked up", "picking up", "pick up"),
+    "put_in": ("put", "putting", "put"), "open": ("opened", "opening", "open"),
+    "close": ("closed", "closing", "close"), "cut": ("cut", "cutting", "cut"),
+    "wash": ("washed", "washing", "wash"), "use": ("used", "using", "use"),
+    "hold": ("held", "holding", "hold"), "fold": ("folded", "folding", "fold"),
+    "fix": ("fixed", "fixing", "fix"), "receive": ("was handed", "being handed", "get"),
+    "talk": ("talked", "talking", "talk"),
 }
 CUTTABLE = ("onion", "tomato", "carrot", "apple", "bread", "envelope", "extension cord")
 WASHABLE = ("mug", "plate", "bowl", "glass", "pan", "pot", "spoon", "knife", "cutting board",

@@ -1,0 +1,95 @@
+"""Checkpoints: safetensors weights + JSON config in one directory, written atomically.
+
+Layout of ``<run>/<stage>/``:
+- ``last/``: ``model.safetensors`` (EMA weights, what inference and export use),
+  ``config.json``, and ``state/`` for an exact resume (raw weights, optimizer tensors,
+  RNG state, trainer counters);
+- ``best/``: the EMA weights of the best validation epoch and ``config.json``.
+Never pickle: every tensor is in safetensors, everything else in JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gazenlq.atomic import atomic_dir
+from gazenlq.errors import GazeNLQError
+
+FORMAT = "gazenlq.checkpoint"
+VERSION = 1
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Optimizer state as flat tensors (``"<param>.<key>"``) plus JSON-able group settings."""
+    sd = opt.state_dict()
+    tensors = {f"{pid}.{k}": (v if torch.is_tensor(v) else torch.tensor(v))
+               for pid, st in sd["state"].items() for k, v in st.items()}
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def unflatten_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                        meta: dict) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save(path: Path, *, config: dict[str, Any], weights: dict[str, torch.Tensor],
+         resume: dict[str, Any] | None = None) -> None:
+    """Write a checkpoint directory atomically; ``resume`` holds ``raw``, ``optim`` (tensor
+    dicts), ``rng`` (tensor dict) and ``trainer`` (JSON) for an exact resume."""
+    with atomic_dir(path) as tmp:
+        save_file(_contiguous(weights), tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(
+            {"format": FORMAT, "version": VERSION, **config}, indent=1))
+        if resume is not None:
+            state = tmp / "state"
+            state.mkdir()
+            for name in ("raw", "optim", "rng"):
+                save_file(_contiguous(resume[name]), state / f"{name}.safetensors")
+            (state / "trainer.json").write_text(json.dumps(resume["trainer"], indent=1))
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """The checkpoint's JSON config (format and version checked)."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.is_file():
+        raise GazeNLQError(f"{path}: not a gazenlq checkpoint (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise GazeNLQError(f"{cfg_path}: not valid JSON ({exc})") from None
+    if cfg.get("format") != FORMAT:
+        raise GazeNLQError(f"{cfg_path}: not a gazenlq checkpoint config")
+    if cfg.get("version", 0) > VERSION:
+        raise GazeNLQError(f"{cfg_path}: checkpoint version {cfg['version']} is newer than "
+                           f"this gazenlq reads ({VERSION}); upgrade gazenlq")
+    return cfg
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    file = Path(path) / "model.safetensors"
+    if not file.is_file():
+        raise GazeNLQError(f"{path}: checkpoint has no model.safetensors")
+    return load_file(file)
+
+
+def load_resume(path: Path) -> dict[str, Any]:
+    state = Path(path) / "state"
+    if not (state / "trainer.json").is_file():
+        raise GazeNLQError(f"{path}: checkpoint has no resume state")
+    out: dict[str, Any] = {n: load_file(state / f"{n}.safetensors")
+                           for n in ("raw", "optim", "rng")}
+    out["trainer"] = json.loads((state / "trainer.json").read_text())
+    return out

@@ -1,0 +1,151 @@
+"""Model and training configs: dataclasses, one source of truth, stored in every checkpoint.
+
+``PRESETS`` holds named configurations (open_clip style registry): ``paper`` has the
+published GroundNLQ / GazeNLQ sizes, ``small`` trains on 2 CPU cores in minutes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+from gazenlq.text import TextEncoderConfig
+
+GAZE_VARIANTS: tuple[str, ...] = ("none", "gaze", "neg_gaze")
+
+
+@dataclass(frozen=True)
+class GazeEstimatorConfig:
+    """Stage 1 (gaze.md section 1): features -> GLU x N -> self-attention -> embedding."""
+
+    in_dim: int = 512
+    hidden: int = 384
+    glu_layers: int = 5
+    heads: int = 4
+    embed_dim: int = 384
+    grid: int | None = 4
+    """Cells per side when the input features have a spatial grid layout (EgoSim), else None."""
+    map_size: int = 64
+    temperature: float = 0.07
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    """Stage 2: GroundNLQ early-fusion multi-scale transformer, extended with gaze."""
+
+    video_dim: int = 256
+    text_dim: int = 384
+    hidden: int = 384
+    heads: int = 4
+    window: int = 9
+    text_blocks: int = 4
+    stem_blocks: int = 4
+    branch_blocks: int = 6
+    mlp_ratio: int = 4
+    drop_path: float = 0.1
+    dropout: float = 0.0
+    max_len: int = 2560
+    gaze: str = "gaze"
+    """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*)."""
+    regression_ranges: tuple[tuple[float, float], ...] = (
+        (0, 4), (2, 8), (4, 16), (8, 32), (16, 64), (32, 128), (64, 10_000))
+    centre_radius: float = 1.5
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    label_smoothing: float = 0.1
+    prior_prob: float = 0.01
+
+    @property
+    def levels(self) -> int:
+        return self.branch_blocks + 1
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(2**i for i in range(self.levels))
+
+    @property
+    def length_multiple(self) -> int:
+        """Inputs are padded to a multiple of this (the coarsest stride)."""
+        return 2 ** (self.levels - 1)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + linear warm-up + cosine, clipping, EMA (grounding.md section 4)."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    epochs: int = 13
+    warmup_epochs: int = 5
+    batch_size: int = 8
+    clip_grad: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run needs; saved as JSON beside every checkpoint."""
+
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    estimator: GazeEstimatorConfig = field(default_factory=GazeEstimatorConfig)
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    stage1: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=1e-3, epochs=10, warmup_epochs=1, batch_size=16))
+    stage2: OptimConfig = field(default_factory=OptimConfig)
+    stage1_window: int = 64
+    """Steps per stage-1 training window (InfoNCE negatives: the other steps of the batch)."""
+    train_max_len: int | None = None
+    """Crop training clips to at most this many steps around the answers (None: whole clip)."""
+    workers: int = 0
+    freeze_estimator: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        default = f.default_factory() if callable(f.default_factory) else f.default
+        if is_dataclass(default):
+            value = _from_dict(type(default), value)
+        elif isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "paper": TrainConfig(
+        estimator=GazeEstimatorConfig(in_dim=1536, grid=None),
+        grounding=GroundingConfig(video_dim=2304, text_dim=384, hidden=384),
+        stage2=OptimConfig(lr=2.5e-5, epochs=10, warmup_epochs=4, batch_size=8),
+    ),
+    "small": TrainConfig(
+        estimator=GazeEstimatorConfig(hidden=128, glu_layers=5, heads=4, embed_dim=128),
+        grounding=GroundingConfig(hidden=96, heads=4, text_blocks=1, stem_blocks=2,
+                                  branch_blocks=6, mlp_ratio=2, drop_path=0.1,
+                                  max_len=2560),
+        stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=6, warmup_epochs=1,
+                           batch_size=16, ema_decay=0.99),
+        stage2=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=8, warmup_epochs=1,
+                           batch_size=16, ema_decay=0.99),
+        train_max_len=256,
+    ),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """A named preset with top-level fields replaced."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)

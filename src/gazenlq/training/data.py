@@ -1,0 +1,217 @@
+"""Training data read from feature stores on demand (never whole datasets in memory).
+
+Stage 2 is video-centric (SnAG): an item is one clip window with every query answered in
+it, so one video forward pass serves several queries. Stage 1 items are windows of
+eye-tracked stores. Items are deterministic in (seed, epoch, index), so a resumed run sees
+exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gazenlq.errors import GazeNLQError
+from gazenlq.nlq.annotations import Query, QueryTable
+from gazenlq.store import GAZE_INPUT, GAZE_MAPS, GAZE_TYPE, VIDEO, FeatureStore, GazeType
+
+
+def store_for(stores: Path, video_uid: str) -> Path:
+    """The store of ``video_uid`` under ``stores`` (``<uid>.zarr``)."""
+    path = stores / f"{video_uid}.zarr"
+    if not path.is_dir():
+        raise GazeNLQError(f"{path}: no feature store for video {video_uid}")
+    return path
+
+
+@dataclass(frozen=True)
+class ClipItem:
+    """One clip: where its features are and its queries with answers in local steps."""
+
+    store: Path
+    clip_uid: str
+    clip_start_s: float
+    clip_end_s: float
+    first: int
+    stop: int
+    queries: tuple[Query, ...]
+    answers: np.ndarray  # [Q, 2] local step coordinates (nan when unannotated)
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.first
+
+
+def clip_items(table: QueryTable, stores: Path) -> list[ClipItem]:
+    """Group a query table by clip (queries without text are left out)."""
+    by_clip: dict[str, list[Query]] = {}
+    for q in table.with_text():
+        by_clip.setdefault(q.clip_uid, []).append(q)
+    items, opened = [], {}
+    for clip_uid, queries in by_clip.items():
+        q0 = queries[0]
+        path = store_for(stores, q0.video_uid)
+        if path not in opened:
+            opened[path] = FeatureStore.open(path)
+        store = opened[path]
+        grid = store.info.grid
+        c0, c1 = q0.clip_window
+        first, stop = grid.clip_steps(c0, c1, store.num_steps)
+        answers = np.array([grid.clip_to_steps(np.array(q.answer), c0, first)
+                            if q.answer is not None else (np.nan, np.nan) for q in queries],
+                           dtype=np.float32).reshape(-1, 2)
+        items.append(ClipItem(path, clip_uid, c0, c1, first, stop, tuple(queries), answers))
+    return items
+
+
+class _Stores:
+    """Per-process cache of opened stores (each DataLoader worker opens its own)."""
+
+    def __init__(self) -> None:
+        self._open: dict[Path, FeatureStore] = {}
+
+    def __call__(self, path: Path) -> FeatureStore:
+        if path not in self._open:
+            self._open[path] = FeatureStore.open(path)
+        return self._open[path]
+
+
+class GroundingDataset(torch.utils.data.Dataset):
+    """Video-centric stage-2 items: windows of at most ``max_len`` steps tiling each clip
+    (shifted by a random offset every epoch), each with every query answered inside it.
+
+    Every query is seen about once per epoch and shares its window's video pass with the
+    other queries of the window. Answers longer than ``max_len`` never fit a window and
+    are left out of training (about 1 % of Ego4D answers at 256 steps). Windows without
+    any answer carry no queries (the trainer skips batches without queries).
+    """
+
+    def __init__(self, items: list[ClipItem], query_ids: dict[str, int], *,
+                 max_len: int | None, with_gaze: bool, seed: int) -> None:
+        self.clips, self.query_ids = items, query_ids
+        self.max_len, self.with_gaze, self.seed = max_len, with_gaze, seed
+        self.tiles = [(c, k) for c, item in enumerate(items)
+                      for k in range(1 if max_len is None else -(-item.length // max_len) + 1)]
+        self.epoch = 0
+        self._stores = _Stores()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> dict:
+        c, k = self.tiles[i]
+        item = self.clips[c]
+        n = item.length
+        start, length = 0, n
+        if self.max_len is not None and n > self.max_len:
+            length = self.max_len
+            offset = int(np.random.default_rng([self.seed, self.epoch, c]).integers(length))
+            start = int(np.clip(k * length - offset, 0, n - length))
+        ans = item.answers - start
+        inside = (ans[:, 0] >= 0) & (ans[:, 1] <= length)
+        store = self._stores(item.store)
+        s0, s1 = item.first + start, item.first + start + length
+        out = {"video": store.read(VIDEO, s0, s1).astype(np.float32),
+               "queries": [self.query_ids[q.text] for q, k in zip(item.queries, inside) if k],
+               "answers": ans[inside].reshape(-1, 2)}
+        if self.with_gaze:
+            out["gaze"] = store.read(GAZE_INPUT, s0, s1).astype(np.float32)
+        return out
+
+
+class TextFeatures:
+    """Frozen text-encoder token features of every query text, computed once."""
+
+    def __init__(self, texts: list[str], encoder: torch.nn.Module, tokenizer,
+                 batch_size: int = 64) -> None:
+        self.index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+        order = list(self.index)
+        self.feats: list[torch.Tensor] = []
+        with torch.no_grad():
+            for b in range(0, len(order), batch_size):
+                tok = tokenizer(order[b:b + batch_size])
+                mask = torch.from_numpy(tok.attention_mask)
+                f = encoder(torch.from_numpy(tok.input_ids), mask)
+                self.feats += [x[: int(m.sum())].to(torch.float16) for x, m in zip(f, mask)]
+        self.dim = self.feats[0].shape[-1] if self.feats else 0
+
+    def batch(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ``[Q, L, D]`` float32 features and ``[Q, L]`` bool mask."""
+        length = max(len(self.feats[i]) for i in ids)
+        out = torch.zeros(len(ids), length, self.dim)
+        mask = torch.zeros(len(ids), length, dtype=torch.bool)
+        for row, i in enumerate(ids):
+            f = self.feats[i]
+            out[row, : len(f)] = f.float()
+            mask[row, : len(f)] = True
+        return out, mask
+
+
+def pad_to(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+class GroundingCollate:
+    """Clips padded to a common length (a multiple of the coarsest stride) and the flat
+    query batch with, per query, the index of its clip."""
+
+    def __init__(self, text: TextFeatures, multiple: int) -> None:
+        self.text, self.multiple = text, multiple
+
+    def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
+        t = pad_to(max(len(it["video"]) for it in items), self.multiple)
+        c = len(items)
+        video = torch.zeros(c, t, items[0]["video"].shape[1])
+        mask = torch.zeros(c, t, dtype=torch.bool)
+        gaze = torch.zeros(c, t, items[0]["gaze"].shape[1]) if "gaze" in items[0] else None
+        clip_of, answers, qids = [], [], []
+        for j, it in enumerate(items):
+            n = len(it["video"])
+            video[j, :n] = torch.from_numpy(it["video"])
+            mask[j, :n] = True
+            if gaze is not None:
+                gaze[j, :n] = torch.from_numpy(it["gaze"])
+            clip_of += [j] * len(it["queries"])
+            answers.append(it["answers"])
+            qids += it["queries"]
+        tokens, text_mask = self.text.batch(qids) if qids else (
+            torch.zeros(0, 1, self.text.dim), torch.zeros(0, 1, dtype=torch.bool))
+        out = {"video": video, "mask": mask, "clip_of": torch.tensor(clip_of),
+               "answers": torch.from_numpy(np.concatenate(answers)).float(),
+               "tokens": tokens, "text_mask": text_mask}
+        if gaze is not None:
+            out["gaze"] = gaze
+        return out
+
+
+class GazeWindows(torch.utils.data.Dataset):
+    """Stage-1 items: ``window``-step tiles of eye-tracked stores (features, maps, valid)."""
+
+    def __init__(self, stores: list[Path], window: int) -> None:
+        self.window = window
+        self.tiles = []
+        for path in stores:
+            s = FeatureStore.open(path)
+            if not s.has_gaze_maps:
+                continue
+            self.tiles += [(path, start) for start in range(0, s.num_steps - window + 1, window)]
+        self._stores = _Stores()
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        path, s0 = self.tiles[i]
+        store = self._stores(path)
+        s1 = s0 + self.window
+        types = store.read(GAZE_TYPE, s0, s1)
+        return {"feats": torch.from_numpy(store.read(GAZE_INPUT, s0, s1).astype(np.float32)),
+                "maps": torch.from_numpy(store.read(GAZE_MAPS, s0, s1).astype(np.float32)),
+                "valid": torch.from_numpy(types != GazeType.UNTRACKED),
+                "fixation": torch.from_numpy(types == GazeType.FIXATION)}

@@ -1,0 +1,166 @@
+"""Stage 2: GroundNLQ's early-fusion multi-scale grounding model, extended with gaze (GazeNLQ).
+
+Split in two so the query-independent half can be computed once per video and cached:
+``embed_video`` (video and gaze embeddings) and ``ground`` (everything that sees the query).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gazenlq.training.config import GroundingConfig
+from gazenlq.training.layers import (
+    MLP,
+    Attention,
+    ConvLN,
+    DropPath,
+    LayerScale,
+    MaskedConv,
+    TextBlock,
+    VideoBlock,
+    sinusoid,
+)
+
+
+def _proj(c_in: int, c_out: int) -> nn.Sequential:
+    """Two kernel-1 convolutions (per-token linear maps) with LayerNorm + ReLU."""
+    return nn.Sequential(nn.Linear(c_in, c_out), nn.LayerNorm(c_out), nn.ReLU(),
+                         nn.Linear(c_out, c_out), nn.LayerNorm(c_out), nn.ReLU())
+
+
+class Head(nn.Module):
+    """Shared across levels: 2 x [conv k3, LN, ReLU] -> conv k3."""
+
+    def __init__(self, dim: int, out: int) -> None:
+        super().__init__()
+        self.trunk = nn.ModuleList([ConvLN(dim, dim), ConvLN(dim, dim)])
+        self.out = MaskedConv(dim, out, 3)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.trunk:
+            x = layer(x, mask)
+        return self.out(x, mask)[0]
+
+
+class GazeFusion(nn.Module):
+    """GazeNLQ: cross-attention gaze -> video (local) and text -> video, outputs added to the
+    video embedding and refined by local self-attention."""
+
+    def __init__(self, cfg: GroundingConfig) -> None:
+        super().__init__()
+        h = cfg.hidden
+        self.ln_v, self.ln_g, self.ln_self = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
+        self.gaze_to_video = Attention(h, cfg.heads, cfg.window, dropout=cfg.dropout)
+        self.text_to_video = Attention(h, cfg.heads, None, dropout=cfg.dropout)
+        self.refine = Attention(h, cfg.heads, cfg.window, dropout=cfg.dropout)
+        self.mlp = MLP(h, cfg.mlp_ratio, cfg.dropout)
+        self.ln_mlp = nn.LayerNorm(h)
+        self.ls = nn.ModuleList(LayerScale(h, 1e-1) for _ in range(2))
+        self.drop = DropPath(cfg.drop_path)
+
+    def forward(self, video: torch.Tensor, gaze: torch.Tensor, mask: torch.Tensor,
+                text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        v = self.ln_v(video)
+        x = video + self.gaze_to_video(v, self.ln_g(gaze), mask) \
+            + self.text_to_video(v, text, text_mask)
+        h = self.ln_self(x)
+        x = x + self.drop(self.ls[0](self.refine(h, h, mask)))
+        x = x + self.drop(self.ls[1](self.mlp(self.ln_mlp(x))))
+        return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+class GroundingModel(nn.Module):
+    """Video + text (+ gaze) -> per-level classification logits and regression distances.
+
+    ``gaze_dim`` is the width of the gaze tokens from the frozen estimator (None for the
+    no-gaze baseline). Inputs are padded to a multiple of ``cfg.length_multiple``; outputs of
+    all levels are concatenated finest first (level ``l`` has ``T / 2**l`` points).
+    """
+
+    def __init__(self, cfg: GroundingConfig, gaze_dim: int | None = None) -> None:
+        super().__init__()
+        if (cfg.gaze == "none") != (gaze_dim is None):
+            raise ValueError(f"gaze variant {cfg.gaze!r} needs gaze_dim set iff it uses gaze")
+        self.cfg = cfg
+        h = cfg.hidden
+        self.video_embed = nn.ModuleList([ConvLN(cfg.video_dim, h), ConvLN(h, h)])
+        self.text_embed = _proj(cfg.text_dim, h)
+        self.text_blocks = nn.ModuleList(
+            TextBlock(h, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.text_blocks))
+        self.gaze_embed = _proj(gaze_dim, h) if gaze_dim else None
+        self.fusion = GazeFusion(cfg) if gaze_dim else None
+        n = cfg.stem_blocks + cfg.branch_blocks
+        rates = torch.linspace(0, cfg.drop_path, n).tolist()
+        self.stem = nn.ModuleList(
+            VideoBlock(h, cfg.heads, cfg.window, cfg.mlp_ratio, 1, rates[i], cfg.dropout)
+            for i in range(cfg.stem_blocks))
+        self.branch = nn.ModuleList(
+            VideoBlock(h, cfg.heads, cfg.window, cfg.mlp_ratio, 2, rates[cfg.stem_blocks + i],
+                       cfg.dropout) for i in range(cfg.branch_blocks))
+        self.cls_head = Head(h, 1)
+        self.reg_head = Head(h, 2)
+        self.scales = nn.Parameter(torch.ones(cfg.levels))
+        nn.init.constant_(self.cls_head.out.conv.bias, -math.log((1 - cfg.prior_prob)
+                                                                 / cfg.prior_prob))
+
+    def embed_video(self, video: torch.Tensor, mask: torch.Tensor,
+                    gaze: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Query-independent part: video embedding (+ position) and gaze embedding."""
+        x = video
+        for layer in self.video_embed:
+            x = layer(x, mask)
+        x = x + sinusoid(x.shape[1], x.shape[2], x.device).unsqueeze(0) \
+            * mask.unsqueeze(-1).to(x.dtype)
+        g = None
+        if self.gaze_embed is not None:
+            if gaze is None:
+                raise ValueError("this model was built with gaze; pass gaze tokens")
+            g = self.gaze_embed(gaze) * mask.unsqueeze(-1).to(x.dtype)
+        return x, g
+
+    def encode_text(self, tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        t = self.text_embed(tokens) * text_mask.unsqueeze(-1).to(tokens.dtype)
+        for block in self.text_blocks:
+            t = block(t, text_mask)
+        return t
+
+    def ground(self, video_emb: torch.Tensor, gaze_emb: torch.Tensor | None, mask: torch.Tensor,
+               tokens: torch.Tensor, text_mask: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-query part -> ``logits [B, M]``, ``distances [B, M, 2]`` (in units of each
+        level's stride), ``point_mask [B, M]``."""
+        text = self.encode_text(tokens, text_mask)
+        x = video_emb
+        if self.fusion is not None:
+            x = self.fusion(x, gaze_emb, mask, text, text_mask)
+        for block in self.stem:
+            x, mask = block(x, mask, text, text_mask)
+        feats, masks = [], []
+        for i, block in enumerate(self.branch):
+            if i == 0:
+                feats.append(x)
+                masks.append(mask)
+            x, mask = block(x, mask, text, text_mask)
+            feats.append(x)
+            masks.append(mask)
+        if not self.branch:
+            feats, masks = [x], [mask]
+        logits, dists = [], []
+        for level, (f, m) in enumerate(zip(feats, masks)):
+            logits.append(self.cls_head(f, m)[..., 0])
+            dists.append(torch.relu(self.reg_head(f, m) * self.scales[level]))
+        return torch.cat(logits, 1), torch.cat(dists, 1), torch.cat(masks, 1)
+
+    def forward(self, video: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
+                text_mask: torch.Tensor, gaze: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        v, g = self.embed_video(video, mask, gaze)
+        return self.ground(v, g, mask, tokens, text_mask)
+
+
+def level_sizes(length: int, levels: int) -> list[int]:
+    """Points per level for a padded input of ``length`` steps."""
+    return [length // 2**i for i in range(levels)]

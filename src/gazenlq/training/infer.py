@@ -1,0 +1,71 @@
+"""PyTorch inference: whole clips -> ranked windows in clip seconds -> submission entries.
+
+Decoding and Soft-NMS go through ``gazenlq.kernels``; steps -> seconds through the one time
+grid. This is the reference the exported bundle and the engine are checked against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from gazenlq.kernels import PostprocessConfig, postprocess_query
+from gazenlq.nlq.submission import Entry
+from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore
+from gazenlq.training.data import ClipItem, TextFeatures, pad_to
+from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.grounding import GroundingModel, level_sizes
+
+
+@torch.no_grad()
+def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
+                negative: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A clip's padded video features ``[1, T, Dv]``, mask and gaze tokens (or None)."""
+    store = FeatureStore.open(item.store)
+    n = item.length
+    t = pad_to(n, multiple)
+    video = torch.zeros(1, t, store.dim(VIDEO))
+    video[0, :n] = torch.from_numpy(store.read(VIDEO, item.first, item.stop).astype(np.float32))
+    mask = torch.zeros(1, t, dtype=torch.bool)
+    mask[0, :n] = True
+    gaze = None
+    if estimator is not None:
+        feats = torch.zeros(1, t, store.dim(GAZE_INPUT))
+        feats[0, :n] = torch.from_numpy(
+            store.read(GAZE_INPUT, item.first, item.stop).astype(np.float32))
+        gaze = estimator.gaze_tokens(feats, mask, negative=negative)
+    return video, mask, gaze
+
+
+@torch.no_grad()
+def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[ClipItem],
+            text: TextFeatures, post: PostprocessConfig | None = None,
+            chunk: int = 32) -> list[Entry]:
+    """Top-k windows (clip seconds) for every query of ``items``."""
+    model.eval()
+    post = post or PostprocessConfig()
+    cfg = model.cfg
+    negative = cfg.gaze == "neg_gaze"
+    entries = []
+    for item in items:
+        video, mask, gaze = clip_inputs(item, cfg.length_multiple,
+                                        estimator if cfg.gaze != "none" else None, negative)
+        grid = FeatureStore.open(item.store).info.grid
+        v, g = model.embed_video(video, mask, gaze)
+        sizes = level_sizes(video.shape[1], cfg.levels)
+        duration = item.clip_end_s - item.clip_start_s
+        for c in range(0, len(item.queries), chunk):
+            queries = item.queries[c:c + chunk]
+            tokens, tmask = text.batch([text.index[q.text] for q in queries])
+            q = len(queries)
+            logits, dists, pmask = model.ground(
+                v.expand(q, -1, -1), None if g is None else g.expand(q, -1, -1),
+                mask.expand(q, -1), tokens, tmask)
+            logits = logits.masked_fill(~pmask, float("-inf"))
+            for query, lg, d in zip(queries, logits.numpy(), dists.numpy()):
+                kept = postprocess_query(lg, d, sizes, cfg.strides, config=post)
+                secs = np.clip(grid.steps_to_clip(kept.segments, item.clip_start_s,
+                                                  item.first), 0.0, duration)
+                entries.append(Entry(query.clip_uid, query.annotation_uid, query.query_idx,
+                                     tuple((float(a), float(b)) for a, b in secs)))
+    return entries

@@ -1,0 +1,204 @@
+"""End-to-end training of one configuration: stage 1 (gaze estimator) then stage 2
+(grounding), each validated every epoch, then the official metrics on the test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gazenlq.atomic import write_json_atomic
+from gazenlq.errors import GazeNLQError
+from gazenlq.gaze.metrics import cc, kl_div
+from gazenlq.nlq.annotations import QueryTable, load_queries
+from gazenlq.nlq.evaluation import evaluate
+from gazenlq.store import FeatureStore
+from gazenlq.text import build_text_encoder, load_tokenizer
+from gazenlq.training import checkpoint, trainer
+from gazenlq.training.config import TrainConfig
+from gazenlq.training.data import (
+    GazeWindows,
+    GroundingCollate,
+    GroundingDataset,
+    TextFeatures,
+    clip_items,
+)
+from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.infer import predict
+from gazenlq.training.model import GazeNLQ, with_dims
+from gazenlq.training.targets import PositiveNormaliser, grounding_loss
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Stores directory and Ego4D NLQ annotation files of the splits."""
+
+    stores: Path
+    train: Path
+    val: Path
+    test: Path | None = None
+
+    @classmethod
+    def egosim(cls, root: Path) -> DataPaths:
+        """The layout ``gaze-synth`` writes."""
+        ann = root / "annotations"
+        return cls(root / "stores", ann / "nlq_train.json", ann / "nlq_val.json",
+                   ann / "nlq_test.json")
+
+
+def _split_stores(stores: Path, table: QueryTable) -> list[Path]:
+    return sorted({stores / f"{q.video_uid}.zarr" for q in table})
+
+
+def _recall_metrics(entries, table: QueryTable) -> dict[str, float]:
+    res = evaluate(entries, table)
+    out = {res.recall_name(k, t): v for (k, t), v in res.recall.items()}
+    out["mIoU"] = res.miou
+    return out
+
+
+def gaze_map_metrics(estimator: GazeEstimator, windows: GazeWindows,
+                     centre_bias: np.ndarray | None = None, batch: int = 32) -> dict[str, float]:
+    """Mean KL and CC of predicted maps on fixation steps (and of the centre bias)."""
+    estimator.eval()
+    kls, ccs, base_kl, base_cc = [], [], [], []
+    with torch.no_grad():
+        for b in torch.utils.data.DataLoader(windows, batch_size=batch):
+            fix = b["fixation"].numpy()
+            pred = estimator.predict_maps(b["feats"], torch.ones_like(b["fixation"]))
+            pred, gt = pred.numpy()[fix], b["maps"].numpy()[fix]
+            if not len(gt):
+                continue
+            kls.append(kl_div(pred, gt))
+            ccs.append(cc(pred, gt))
+            if centre_bias is not None:
+                bias = np.broadcast_to(centre_bias, gt.shape)
+                base_kl.append(kl_div(bias, gt))
+                base_cc.append(cc(bias, gt))
+    out = {"kl": float(np.mean(np.concatenate(kls))), "cc": float(np.mean(np.concatenate(ccs)))}
+    if centre_bias is not None:
+        out["centre_bias_kl"] = float(np.mean(np.concatenate(base_kl)))
+        out["centre_bias_cc"] = float(np.mean(np.concatenate(base_cc)))
+    return out
+
+
+def mean_map(windows: GazeWindows) -> np.ndarray:
+    """The centre-bias baseline: mean ground-truth map over tracked training steps."""
+    total, n = 0.0, 0
+    for b in torch.utils.data.DataLoader(windows, batch_size=32):
+        valid = b["valid"].numpy()
+        total = total + b["maps"].numpy()[valid].sum(axis=0)
+        n += int(valid.sum())
+    return total / max(n, 1)
+
+
+def train_estimator(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool,
+                    quiet: bool, train_table: QueryTable, val_table: QueryTable) -> Path:
+    """Stage 1 on the eye-tracked training stores; returns the best checkpoint."""
+    train_w = GazeWindows(_split_stores(data.stores, train_table), cfg.stage1_window)
+    val_w = GazeWindows(_split_stores(data.stores, val_table), cfg.stage1_window)
+    if len(train_w) == 0 or len(val_w) == 0:
+        raise GazeNLQError(f"{data.stores}: stage 1 needs stores with gaze maps in both the "
+                           "train and val splits")
+    torch.manual_seed(cfg.stage1.seed)  # initial weights follow the seed
+    est = GazeEstimator(cfg.estimator)
+    bias = mean_map(train_w)
+
+    def step(model: GazeEstimator, batch: dict) -> dict[str, torch.Tensor]:
+        return model.loss(batch["feats"], batch["maps"], batch["valid"])
+
+    stage = trainer.Stage(
+        name="stage1", model=est, optim=cfg.stage1, dataset=train_w, collate=None,
+        step=step, validate=lambda m: gaze_map_metrics(m, val_w, bias), score="kl",
+        higher_is_better=False, workers=cfg.workers,
+        config={"kind": "estimator", "train_config": cfg.to_dict()},
+        items_per_batch=lambda b: int(b["valid"].numel()))
+    trainer.run(stage, out / "stage1", resume=resume, quiet=quiet)
+    return out / "stage1" / "best"
+
+
+def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool, quiet: bool,
+                    text: TextFeatures, train_table: QueryTable, val_table: QueryTable,
+                    estimator_ckpt: Path | None, stop_after_epoch: int | None = None) -> GazeNLQ:
+    """Stage 2; returns the model with the best validation checkpoint's weights."""
+    torch.manual_seed(cfg.stage2.seed)  # initial weights follow the seed
+    model = GazeNLQ(cfg)
+    if model.estimator is not None:
+        if estimator_ckpt is None:
+            raise GazeNLQError("the gaze variants need a stage-1 checkpoint")
+        model.estimator.load_state_dict(checkpoint.load_weights(estimator_ckpt))
+    train_items = clip_items(train_table, data.stores)
+    val_items = clip_items(val_table, data.stores)
+    uses_gaze = model.estimator is not None
+    dataset = GroundingDataset(train_items, text.index, max_len=cfg.train_max_len,
+                               with_gaze=uses_gaze, seed=cfg.stage2.seed)
+    norm = PositiveNormaliser()
+
+    def step(m: GazeNLQ, batch: dict) -> dict[str, torch.Tensor]:
+        gaze = m.gaze_tokens(batch["gaze"], batch["mask"]) if uses_gaze else None
+        v, g = m.grounding.embed_video(batch["video"], batch["mask"], gaze)
+        idx = batch["clip_of"]
+        logits, dists, pmask = m.grounding.ground(
+            v[idx], None if g is None else g[idx], batch["mask"][idx], batch["tokens"],
+            batch["text_mask"])
+        return grounding_loss(logits, dists, pmask, batch["answers"], cfg.grounding, norm)
+
+    def validate(m: GazeNLQ) -> dict[str, float]:
+        return _recall_metrics(predict(m.grounding, m.estimator, val_items, text), val_table)
+
+    stage = trainer.Stage(
+        name=f"stage2-{cfg.grounding.gaze}", model=model, optim=cfg.stage2, dataset=dataset,
+        collate=GroundingCollate(text, cfg.grounding.length_multiple), step=step,
+        validate=validate, score="R1@0.3", higher_is_better=True, workers=cfg.workers,
+        config={"kind": "gazenlq", "train_config": cfg.to_dict()},
+        items_per_batch=lambda b: len(b["clip_of"]),
+        extra_state=lambda: {"normaliser": norm.value},
+        load_extra_state=lambda d: setattr(norm, "value", d["normaliser"]))
+    trainer.run(stage, out / "stage2", resume=resume, quiet=quiet,
+                stop_after_epoch=stop_after_epoch)
+    model.load_state_dict(checkpoint.load_weights(out / "stage2" / "best"))
+    return model.eval()
+
+
+def load_text(cfg: TrainConfig, tables: list[QueryTable]) -> TextFeatures:
+    encoder = build_text_encoder(cfg.text).eval()
+    texts = [q.text for t in tables for q in t.with_text()]
+    return TextFeatures(texts, encoder, load_tokenizer(cfg.text))
+
+
+def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: int,
+          resume: bool = False, quiet: bool = False, estimator_ckpt: Path | None = None,
+          text: TextFeatures | None = None) -> dict:
+    """Train one variant and seed; writes ``out/results.json`` and returns it."""
+    train_table, val_table = load_queries(data.train), load_queries(data.val)
+    test_table = load_queries(data.test) if data.test else None
+    for name, table in (("train", train_table), ("val", val_table)):
+        if not table.with_text():
+            raise GazeNLQError(f"{table.source}: the {name} split has no queries")
+    probe = FeatureStore.open(_split_stores(data.stores, train_table)[0])
+    if text is None:
+        text = load_text(cfg, [t for t in (train_table, val_table, test_table) if t])
+    cfg = with_dims(cfg, video_dim=probe.dim("video_features"),
+                    gaze_dim=probe.dim("gaze_features"), text_dim=text.dim, variant=variant)
+    cfg = replace(cfg, stage1=replace(cfg.stage1, seed=seed),
+                  stage2=replace(cfg.stage2, seed=seed))
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"variant": variant, "seed": seed}
+    if variant != "none" and estimator_ckpt is None:
+        estimator_ckpt = train_estimator(cfg, data, out, resume=resume, quiet=quiet,
+                                         train_table=train_table, val_table=val_table)
+    if estimator_ckpt is not None and variant != "none":
+        results["stage1"] = checkpoint.load_config(estimator_ckpt)["metrics"]
+    model = train_grounding(cfg, data, out, resume=resume, quiet=quiet, text=text,
+                            train_table=train_table, val_table=val_table,
+                            estimator_ckpt=estimator_ckpt)
+    results["val"] = checkpoint.load_config(out / "stage2" / "best")["metrics"]
+    if test_table is not None and test_table.with_text():
+        items = clip_items(test_table, data.stores)
+        results["test"] = _recall_metrics(predict(model.grounding, model.estimator, items,
+                                                  text), test_table)
+    results["parameters"] = sum(p.numel() for p in model.grounding.parameters())
+    write_json_atomic(out / "results.json", results, indent=1)
+    return results

@@ -1,0 +1,195 @@
+"""Grounding model and gaze estimator: attention parity, padding invariance, targets, losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from gazenlq.training.config import PRESETS, GazeEstimatorConfig, GroundingConfig
+from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.grounding import GroundingModel, level_sizes
+from gazenlq.training.layers import _softmax, local_attention
+from gazenlq.training.targets import (
+    PositiveNormaliser,
+    assign,
+    diou_loss,
+    focal_loss,
+    grounding_loss,
+    point_grid,
+)
+
+TINY = GroundingConfig(video_dim=12, text_dim=10, hidden=16, heads=2, window=5, text_blocks=1,
+                       stem_blocks=1, branch_blocks=3, mlp_ratio=2, drop_path=0.0, gaze="none")
+
+
+def dense_local_reference(q, k, v, key_mask, window):
+    t = q.shape[2]
+    i, j = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    valid = ((j - i).abs() <= window // 2)[None, None] & key_mask[:, None, None, :]
+    return _softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), valid) @ v
+
+
+@pytest.mark.parametrize("t", [1, 3, 15, 16, 17, 40, 64, 100])
+@pytest.mark.parametrize("window", [3, 9])
+def test_blocked_local_attention_equals_dense(t, window):
+    g = torch.Generator().manual_seed(t)
+    q, k, v = torch.randn(3, 2, 2, t, 8, generator=g).unbind(0)
+    mask = torch.rand(2, t, generator=g) > 0.3
+    got = local_attention(q, k, v, mask, window)
+    torch.testing.assert_close(got, dense_local_reference(q, k, v, mask, window),
+                               atol=1e-6, rtol=1e-5)
+
+
+def test_fully_masked_rows_give_zero():
+    q = k = v = torch.randn(1, 1, 20, 4)
+    mask = torch.zeros(1, 20, dtype=torch.bool)
+    assert local_attention(q, k, v, mask, 9).abs().max() == 0
+
+
+def _inputs(t: int, valid: int, q: int = 3, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    video = torch.zeros(q, t, 12)
+    video[:, :valid] = torch.randn(q, valid, 12, generator=g)
+    mask = torch.zeros(q, t, dtype=torch.bool)
+    mask[:, :valid] = True
+    tokens = torch.randn(q, 6, 10, generator=g)
+    tmask = torch.ones(q, 6, dtype=torch.bool)
+    tmask[0, 4:] = False
+    return video, mask, tokens, tmask
+
+
+@pytest.mark.parametrize("gaze", ["none", "gaze"])
+def test_padding_does_not_change_valid_outputs(gaze):
+    torch.manual_seed(0)
+    model = GroundingModel(replace(TINY, gaze=gaze), gaze_dim=7 if gaze != "none" else None)
+    model.eval()
+    outs = []
+    for t in (48, 96):
+        video, mask, tokens, tmask = _inputs(t, 45)
+        g = torch.zeros(3, t, 7)
+        g[:, :45] = torch.randn(3, 45, 7, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            outs.append(model(video, mask, tokens, tmask, g if gaze != "none" else None))
+    (l48, d48, m48), (l96, d96, m96) = outs
+    sizes48, sizes96 = level_sizes(48, 4), level_sizes(96, 4)
+    o48 = o96 = 0
+    for s48, s96 in zip(sizes48, sizes96):
+        valid = m48[0, o48:o48 + s48]
+        assert torch.equal(valid, m96[0, o96:o96 + s48])
+        torch.testing.assert_close(l48[:, o48:o48 + s48][:, valid],
+                                   l96[:, o96:o96 + s48][:, valid], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(d48[:, o48:o48 + s48][:, valid],
+                                   d96[:, o96:o96 + s48][:, valid], atol=1e-5, rtol=1e-5)
+        assert not m96[0, o96 + s48:o96 + s96].any()
+        o48, o96 = o48 + s48, o96 + s96
+
+
+def test_outputs_shapes_and_prior():
+    model = GroundingModel(TINY).eval()
+    video, mask, tokens, tmask = _inputs(64, 64)
+    with torch.no_grad():
+        logits, dists, pmask = model(video, mask, tokens, tmask)
+    m = sum(level_sizes(64, TINY.levels))
+    assert logits.shape == (3, m) and dists.shape == (3, m, 2) and pmask.shape == (3, m)
+    assert (dists >= 0).all()
+    # classification bias starts at -log(99): about 1 % probability everywhere
+    assert float(torch.sigmoid(logits).mean()) == pytest.approx(0.01, abs=0.01)
+
+
+def test_point_grid_and_assignment():
+    cfg = replace(TINY, centre_radius=1.5)
+    pts, strides, _lo, hi = point_grid(64, cfg)
+    assert pts.shape == (64 + 32 + 16 + 8,) and strides[-1] == 8 and hi[-1] == float("inf")
+    gt = torch.tensor([[10.0, 13.0], [20.0, 20.4], [2.0, 60.0]])
+    pmask = torch.ones(3, len(pts), dtype=torch.bool)
+    labels, reg = assign(gt, pmask, cfg)
+    # query 0: level-0 points strictly inside the centre region, reach within [0, 4]
+    lvl0 = labels[0, :64].nonzero().flatten().tolist()
+    assert lvl0 == [11, 12]
+    torch.testing.assert_close(reg[0, 11], torch.tensor([1.0, 2.0]))
+    # query 1 is shorter than a step: no point inside, so the nearest fine point is used
+    assert labels[1].nonzero().flatten().tolist() == [20]
+    # query 2 is long: only the coarsest level (stride 8, reach > 16) takes it
+    pos = labels[2].nonzero().flatten()
+    assert len(pos) > 0 and (pos >= 64 + 32 + 16).all()
+    torch.testing.assert_close(reg[2, pos[0]] * 8, torch.stack(
+        [pts[pos[0]] - 2.0, 60.0 - pts[pos[0]]]))
+
+
+def test_focal_and_diou_against_formulas():
+    cfg = TINY
+    logits = torch.tensor([[0.3, -1.0]])
+    labels = torch.tensor([[1.0, 0.0]])
+    got = focal_loss(logits, labels, torch.ones(1, 2), cfg)
+    p = torch.sigmoid(logits)
+    t = labels * 0.9 + 0.05
+    ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
+    pt = p * t + (1 - p) * (1 - t)
+    want = ((0.25 * t + 0.75 * (1 - t)) * ce * (1 - pt) ** 2).sum()
+    torch.testing.assert_close(got, want)
+    same = torch.tensor([[1.0, 2.0]])
+    assert diou_loss(same, same) == pytest.approx(0.0, abs=1e-6)
+    # pred [t-1, t+1] vs target [t-1, t+3]: IoU 2/4, centre gap 1, span 4
+    assert diou_loss(torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0, 3.0]])) == \
+        pytest.approx(1 - 0.5 + (1 / 4) ** 2)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = GroundingModel(TINY)
+    video, mask, tokens, tmask = _inputs(64, 60)
+    gt = torch.tensor([[10.0, 14.0], [30.0, 41.0], [2.0, 5.0]])
+    opt = torch.optim.AdamW(model.parameters(), 3e-3)
+    norm = PositiveNormaliser(init=5.0)
+    losses = []
+    for _ in range(30):
+        out = grounding_loss(*model(video, mask, tokens, tmask), gt, TINY, norm)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_estimator_losses_and_tokens():
+    cfg = GazeEstimatorConfig(in_dim=64, hidden=16, glu_layers=2, heads=2, embed_dim=8, grid=4)
+    est = GazeEstimator(cfg)
+    feats = torch.randn(2, 10, 64)
+    maps = torch.rand(2, 10, 64, 64)
+    maps /= maps.sum(dim=(2, 3), keepdim=True)
+    valid = torch.ones(2, 10, dtype=torch.bool)
+    valid[1, 7:] = False
+    out = est.loss(feats, maps, valid)
+    assert torch.isfinite(out["loss"]) and out["kl"] >= 0
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    for negative in (False, True):
+        tok = est.gaze_tokens(feats, mask, negative=negative)
+        assert tok.shape == (2, 10, est.token_dim) and est.token_dim == 8 + 4
+    pred = est.predict_maps(feats, mask)
+    torch.testing.assert_close(pred.sum(dim=(2, 3)), torch.ones(2, 10))
+    # the gaze-pooled cell features are a convex mix of the 16 cells
+    tok = est.gaze_tokens(feats, mask)[..., 8:]
+    cells = feats.view(2, 10, 16, 4)
+    assert (tok <= cells.max(2).values + 1e-5).all() and (tok >= cells.min(2).values - 1e-5).all()
+
+
+@pytest.mark.slow
+def test_paper_preset_forward_backward_at_2560():
+    cfg = PRESETS["paper"]
+    est = GazeEstimator(cfg.estimator)
+    model = GroundingModel(cfg.grounding, est.token_dim)
+    n = sum(p.numel() for p in model.parameters())
+    assert 30e6 < n < 45e6  # the anchor has about 32.5 M; GazeNLQ adds the gaze fusion
+    video = torch.randn(1, 2560, cfg.grounding.video_dim)
+    mask = torch.ones(1, 2560, dtype=torch.bool)
+    gaze = est.gaze_tokens(torch.randn(1, 2560, cfg.estimator.in_dim), mask).detach()
+    tokens, tmask = torch.randn(1, 12, 384), torch.ones(1, 12, dtype=torch.bool)
+    logits, dists, pmask = model(video, mask, tokens, tmask, gaze)
+    assert logits.shape == (1, sum(level_sizes(2560, 7)))
+    out = grounding_loss(logits, dists, pmask, torch.tensor([[100.0, 108.0]]),
+                         cfg.grounding, PositiveNormaliser())
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,136 @@
+"""Training end to end on tiny EgoSim data: stages, checkpoints, exact resume, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gazenlq.nlq.annotations import load_queries
+from gazenlq.synth.config import EgoSimConfig
+from gazenlq.synth.dataset import generate
+from gazenlq.training import checkpoint
+from gazenlq.training.config import TrainConfig, preset
+from gazenlq.training.data import GroundingDataset, clip_items
+from gazenlq.training.run import DataPaths, load_text, train
+from tests.conftest import script
+
+
+def tiny_config() -> TrainConfig:
+    cfg = preset("small")
+    return replace(
+        cfg,
+        estimator=replace(cfg.estimator, hidden=16, glu_layers=1, heads=2, embed_dim=16),
+        grounding=replace(cfg.grounding, hidden=16, heads=2, text_blocks=1, stem_blocks=1,
+                          branch_blocks=2, mlp_ratio=1),
+        stage1=replace(cfg.stage1, epochs=1, batch_size=32),
+        stage2=replace(cfg.stage2, epochs=2, warmup_epochs=1, batch_size=8),
+        train_max_len=128)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_egosim")
+    generate(EgoSimConfig(seed=21, sessions=8, gaze_fraction=1.0), out)
+    return DataPaths.egosim(out)
+
+
+@pytest.fixture(scope="module")
+def text(tiny_data):
+    tables = [load_queries(p) for p in (tiny_data.train, tiny_data.val, tiny_data.test)]
+    return load_text(tiny_config(), tables)
+
+
+def test_tiles_cover_every_answer_once_per_epoch(tiny_data, text):
+    items = clip_items(load_queries(tiny_data.train), tiny_data.stores)
+    ds = GroundingDataset(items, text.index, max_len=128, with_gaze=False, seed=0)
+    fitting = sum(int(((it.answers[:, 1] - it.answers[:, 0]) <= 128).sum()) for it in items)
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        seen = [ds[i] for i in range(len(ds))]
+        for s in seen:
+            assert ((s["answers"] >= 0) & (s["answers"] <= len(s["video"]))).all()
+        # every answer that fits a window is in at least one window of the epoch
+        assert sum(len(s["queries"]) for s in seen) >= 0.8 * fitting
+    a = ds[3]
+    np.testing.assert_array_equal(a["video"], ds[3]["video"])  # deterministic per epoch
+
+
+def _weights(path):
+    return load_file(path / "model.safetensors")
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_data, text, tmp_path):
+    cfg = tiny_config()
+    full = train(cfg, tiny_data, tmp_path / "full", variant="gaze", seed=3, text=text,
+                 quiet=True)
+    assert set(full) >= {"stage1", "val", "test", "parameters"}
+    # kill after stage 2's first epoch: a finished stage 1 and an epoch-1 checkpoint remain
+    from gazenlq.training import run as run_mod
+
+    est = tmp_path / "full" / "stage1" / "best"
+    cfg2 = run_mod.with_dims(cfg, video_dim=256, gaze_dim=512, text_dim=text.dim,
+                             variant="gaze")
+    cfg2 = replace(cfg2, stage1=replace(cfg2.stage1, seed=3), stage2=replace(cfg2.stage2,
+                                                                             seed=3))
+    tables = [load_queries(p) for p in (tiny_data.train, tiny_data.val)]
+    run_mod.train_grounding(cfg2, tiny_data, tmp_path / "killed", resume=False, quiet=True,
+                            text=text, train_table=tables[0], val_table=tables[1],
+                            estimator_ckpt=est, stop_after_epoch=1)
+    assert json.loads((tmp_path / "killed" / "stage2" / "last" / "state" /
+                       "trainer.json").read_text())["epoch"] == 0
+    run_mod.train_grounding(cfg2, tiny_data, tmp_path / "killed", resume=True, quiet=True,
+                            text=text, train_table=tables[0], val_table=tables[1],
+                            estimator_ckpt=est)
+    a = _weights(tmp_path / "full" / "stage2" / "last")
+    b = _weights(tmp_path / "killed" / "stage2" / "last")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    ra = load_file(tmp_path / "full" / "stage2" / "last" / "state" / "raw.safetensors")
+    rb = load_file(tmp_path / "killed" / "stage2" / "last" / "state" / "raw.safetensors")
+    for k in ra:
+        torch.testing.assert_close(ra[k], rb[k], rtol=0, atol=0, msg=k)
+
+
+def test_checkpoint_is_self_describing(tiny_data, text, tmp_path):
+    cfg = tiny_config()
+    train(cfg, tiny_data, tmp_path / "r", variant="none", seed=0, text=text, quiet=True)
+    conf = checkpoint.load_config(tmp_path / "r" / "stage2" / "best")
+    restored = TrainConfig.from_dict(conf["train_config"])
+    assert restored.grounding.gaze == "none" and restored.grounding.video_dim == 256
+    assert restored.grounding.hidden == 16 and restored.train_max_len == 128
+    hist = [json.loads(line) for line in
+            (tmp_path / "r" / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in hist] == [1, 2] and "val_R1@0.3" in hist[0]
+    assert (tmp_path / "r" / "stage2" / "curves.png").stat().st_size > 1000
+    files = {p.name for p in (tmp_path / "r" / "stage2" / "last").rglob("*")}
+    assert not any(f.endswith((".pt", ".pkl", ".pth")) for f in files)
+    (tmp_path / "r" / "stage2" / "best" / "config.json").write_text(
+        json.dumps({**conf, "version": 99}))
+    from gazenlq.errors import GazeNLQError
+
+    with pytest.raises(GazeNLQError, match="newer"):
+        checkpoint.load_config(tmp_path / "r" / "stage2" / "best")
+
+
+@pytest.mark.slow
+def test_cli_trains_a_table_and_writes_predictions(tiny_data, tmp_path):
+    report = tmp_path / "results.md"
+    out = subprocess.run([script("gaze-train"), str(tiny_data.stores.parent), "--out",
+                          str(tmp_path / "runs"), "--variants", "none,gaze", "--seeds", "0",
+                          "--epochs", "1", "--report", str(report), "--json", "--quiet"],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr
+    table = json.loads(out.stdout)
+    assert [r["variant"] for r in table["rows"]] == ["none", "gaze"]
+    assert "R1@0.3" in table["prior_baseline"]
+    assert "GazeNLQ" in report.read_text()
+    bad = subprocess.run([script("gaze-train"), str(tmp_path), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "missing" in bad.stderr
