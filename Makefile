@@ -18,13 +18,16 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	@echo "== 1/3 EgoSim: 24 synthetic recording sessions -> $(DEMO)/egosim"
+	@echo "== 1/5 EgoSim: 24 synthetic recording sessions -> $(DEMO)/egosim"
 	$(BIN)/gaze-synth $(DEMO)/egosim --sessions 24 --seed 0
-	@echo "== 2/3 what is in one feature store"
-	$(BIN)/gaze-store info $$($(BIN)/python -c "import json; m = json.load(open('$(DEMO)/egosim/egosim.json')); print('$(DEMO)/egosim/' + next(s['store'] for s in m['sessions'] if s['has_gaze']))")
-	@echo "== 3/3 validate every store (metadata and every chunk)"
-	$(BIN)/gaze-store validate $(DEMO)/egosim/stores/*.zarr | tail -n 3
-	@echo "demo done: train -> export -> search join this demo as issues 5-7 land"
+	@echo "== 2/5 what is in one feature store"
+	$(BIN)/gaze-store info $$(ls -d $(DEMO)/egosim/stores/*.zarr | head -n 1)
+	@echo "== 3/5 train GazeNLQ (small preset, a short schedule for the demo)"
+	$(BIN)/gaze-train $(DEMO)/egosim --out $(DEMO)/run --variants gaze --epochs 2 --stage1-epochs 1
+	@echo "== 4/5 export a validated ONNX bundle"
+	$(BIN)/gaze-export $(DEMO)/run/gaze-s0/stage2/best -o $(DEMO)/bundle
+	@echo "== 5/5 search every demo video, without PyTorch"
+	$(BIN)/gaze-search $(DEMO)/egosim/stores "where did I put the bulb" --bundle $(DEMO)/bundle --explain
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -35,6 +38,7 @@ test-fast: setup
 bench: setup
 	$(BIN)/python -m benchmarks.bench_store
 	$(BIN)/python -m benchmarks.bench_kernels
+	$(BIN)/python -m benchmarks.bench_search --bundle $(DEMO)/bundle
 
 lint: setup
 	$(BIN)/ruff check .

@@ -40,3 +40,36 @@ def script(name: str) -> str:
     if not path.exists():
         pytest.fail(f"console script {name} not installed in {BIN}; run `make setup`")
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """Tiny EgoSim data (8 sessions, all eye-tracked) and a tiny GazeNLQ ('gaze') trained on
+    it: ``(DataPaths, stage2/best checkpoint)``; shared by export and engine tests."""
+    import torch
+
+    from gazenlq.synth.config import EgoSimConfig
+    from gazenlq.synth.dataset import generate
+    from gazenlq.training.run import DataPaths, train
+    from tests.test_training_run import tiny_config
+
+    out = tmp_path_factory.mktemp("tiny_trained")
+    generate(EgoSimConfig(seed=21, sessions=8, gaze_fraction=1.0), out / "egosim")
+    data = DataPaths.egosim(out / "egosim")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(tiny_config(), data, out / "run", variant="gaze", seed=0, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return data, out / "run" / "stage2" / "best"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_trained, tmp_path_factory):
+    """The tiny checkpoint exported (and validated) as an fp32 bundle."""
+    from gazenlq.export.exporter import export_bundle
+
+    bundle = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    export_bundle(tiny_trained[1], bundle, threads=1)
+    return bundle

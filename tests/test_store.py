@@ -287,3 +287,37 @@ def test_cli_info_and_validate(good):
                          text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.count("\n") == 1 and "video_features" in bad.stderr
+
+
+def test_live_writers_partial_is_left_alone(tmp_path):
+    """Two processes writing one store must not delete each other's partial data."""
+    path = tmp_path / "v.zarr"
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        live = tmp_path / f".v.zarr.partial-{sleeper.pid}-abcd1234"
+        live.mkdir()
+        dead = tmp_path / ".v.zarr.partial-999999999-abcd1234"
+        dead.mkdir()
+        with StoreWriter(path, video_uid="x", video_dim=4, gaze_dim=4) as w:
+            w.append(np.ones((3, 4)), np.ones((3, 4)))
+        assert live.exists() and not dead.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with StoreWriter(path, video_uid="x", video_dim=4, gaze_dim=4, overwrite=True) as w:
+        w.append(np.ones((3, 4)), np.ones((3, 4)))
+    assert partial_paths(path) == []
+
+
+@pytest.mark.parametrize("start,stop", [(0, 301), (37, 301), (64, 200), (100, 101), (5, 5)])
+def test_windows_of_a_step_range(tmp_path, start, stop):
+    data = make_data(301)
+    store = FeatureStore.open(write(tmp_path / "v.zarr", data))
+    wins = list(store.windows(60, 12, arrays=("video_features",), start=start, stop=stop))
+    assert [(w.start - start, w.stop - start) for w in wins] == plan_windows(stop - start, 60,
+                                                                           12)
+    for w in wins:
+        np.testing.assert_array_equal(w.arrays["video_features"],
+                                      data["video"][w.start:w.stop])
+    with pytest.raises(StoreError, match="outside"):
+        list(store.windows(60, 12, start=10, stop=400))

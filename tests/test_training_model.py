@@ -193,3 +193,17 @@ def test_paper_preset_forward_backward_at_2560():
                          cfg.grounding, PositiveNormaliser())
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_heads_in_one_pass_equal_level_by_level():
+    torch.manual_seed(3)
+    model = GroundingModel(TINY).eval()
+    feats = [torch.randn(2, 64 // 2**i, 16) for i in range(TINY.levels)]
+    masks = [torch.rand(2, 64 // 2**i) > 0.2 for i in range(TINY.levels)]
+    with torch.no_grad():
+        logits, dists = model.heads(feats, masks)
+        want_l = torch.cat([model.cls_head(f, m)[..., 0] for f, m in zip(feats, masks)], 1)
+        want_d = torch.cat([torch.relu(model.reg_head(f, m) * model.scales[i])
+                            for i, (f, m) in enumerate(zip(feats, masks))], 1)
+    torch.testing.assert_close(logits, want_l, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(dists, want_d, atol=1e-6, rtol=1e-5)

@@ -32,6 +32,28 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | N
         raise
 
 
+def owner_alive(temp: Path) -> bool:
+    """Whether the process that owns a temporary ``.NAME.<kind>-PID-RANDOM`` still runs.
+
+    Cleaning up leftovers must never pull a live writer's data from under it (for example
+    two processes generating the same dataset); a temporary of this very process counts
+    as a leftover.
+    """
+    try:
+        pid = int(temp.name.rsplit("-", 2)[-2])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a hidden temporary directory that replaces ``path`` when the block succeeds.
@@ -42,8 +64,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        if not owner_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp

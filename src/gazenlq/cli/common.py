@@ -57,11 +57,6 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> 
         raise SystemExit(rv)
 
 
-def not_yet(command: str, issue: str) -> None:
-    """Say plainly that ``command`` is not built yet and exit 2 (never pretend)."""
-    fail(f"{command} is not implemented yet: it arrives with {issue}")
-
-
 def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
              unit: str = "it", quiet: bool = False) -> Iterable[T]:
     """A tqdm bar on stderr, shown only when stderr is a terminal and not ``quiet``."""

@@ -45,6 +45,8 @@ def train(
     val_ann: Annotated[Path | None, typer.Option("--val", help="Val NLQ JSON.")] = None,
     test_ann: Annotated[Path | None, typer.Option("--test", help="Test NLQ JSON.")] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-2 epochs.")] = None,
+    stage1_epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-1 "
+                                                      "epochs.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the results table (Markdown) "
                                                 "here, e.g. docs/results.md.")] = None,
@@ -75,7 +77,12 @@ def train(
                 fail(f"{p}: missing (is {data} a gaze-synth dataset? else pass --train/--val)")
     cfg = replace(get_preset(preset.value), workers=workers)
     if epochs is not None:
-        cfg = replace(cfg, stage2=replace(cfg.stage2, epochs=epochs))
+        cfg = replace(cfg, stage2=replace(cfg.stage2, epochs=epochs,
+                                          warmup_epochs=min(cfg.stage2.warmup_epochs, epochs)))
+    if stage1_epochs is not None:
+        cfg = replace(cfg, stage1=replace(cfg.stage1, epochs=stage1_epochs,
+                                          warmup_epochs=min(cfg.stage1.warmup_epochs,
+                                                            stage1_epochs)))
     t0 = time.perf_counter()
     table = run_table(cfg, paths, out, variants=names, seeds=_ints(seeds), resume=resume,
                       quiet=quiet, preset=preset.value)

@@ -1,1 +1,27 @@
-"""Checkpoint -> validated ONNX bundle / TensorRT engines (issue 6). Needs torch and onnx."""
+"""Checkpoint -> validated ONNX bundle (+ fp16 variant, TensorRT engines); bundle reading.
+
+Modules: ``manifest`` (torch-free: read and verify bundles, used by the engine),
+``tensorrt`` (torch-free: profiles, sidecars, engine build), ``graphs`` (the exported
+modules), ``onnx_export``, ``fp16``, ``validate`` and ``exporter`` (need torch and onnx).
+Names are resolved lazily so that importing this package imports neither torch nor onnx.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "BundleError": "manifest", "Manifest": "manifest", "GraphSpec": "manifest",
+    "TensorSpec": "manifest", "read_manifest": "manifest", "verify_bundle": "manifest",
+    "TrtOptions": "tensorrt", "check_engine_sidecar": "tensorrt",
+    "build_engines": "tensorrt", "Report": "exporter", "ValidationFailed": "exporter",
+    "export_bundle": "exporter", "check_bundle": "exporter", "nlq_cases": "exporter",
+}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_NAMES[name]}"), name)

@@ -156,14 +156,20 @@ class FeatureStore:
         return self.read(GAZE_TYPE, start, stop) != GazeType.UNTRACKED
 
     def windows(self, length: int, overlap: int, arrays: Sequence[str] = FEATURE_ARRAYS,
-                prefetch: int = 2, dtype: np.dtype | str | None = None) -> Iterator[Window]:
-        """Yield the :func:`plan_windows` windows, read ahead by a background thread.
+                prefetch: int = 2, dtype: np.dtype | str | None = None, *, start: int = 0,
+                stop: int | None = None) -> Iterator[Window]:
+        """Yield the :func:`plan_windows` windows of steps ``[start, stop)`` (default: all;
+        window bounds are absolute steps), read ahead by a background thread.
 
         The thread reads each chunk once (chunk-aligned, sequential) while the caller
         computes on the previous window; at most ``length`` + one chunk of steps per array
         and ``prefetch`` windows are held in memory, whatever the video's length.
         """
-        plan = plan_windows(self.num_steps, length, overlap)
+        stop = self.num_steps if stop is None else stop
+        if not 0 <= start <= stop <= self.num_steps:
+            raise StoreError(f"{self.path}: steps [{start}, {stop}) outside [0, "
+                             f"{self.num_steps})")
+        plan = [(start + s, start + e) for s, e in plan_windows(stop - start, length, overlap)]
         chunk = self.chunk_steps
         q: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         stop_event = threading.Event()
@@ -179,7 +185,7 @@ class FeatureStore:
 
         def produce() -> None:
             try:
-                buf_start, buf_stop = 0, 0
+                buf_start, buf_stop = start, start
                 bufs = {name: None for name in arrays}
                 for s, e in plan:
                     if e > buf_stop:

@@ -12,6 +12,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from gazenlq.atomic import owner_alive
 from gazenlq.errors import StoreError
 from gazenlq.store.schema import (
     DEFAULT_CHUNK_STEPS,
@@ -30,7 +31,7 @@ _GAZE_TYPE_FILL = 255  # not a GazeType: a missing chunk reads as invalid
 
 
 def partial_paths(path: Path) -> list[Path]:
-    """Leftovers of interrupted writes of ``path`` (hidden siblings, never mistaken for stores)."""
+    """Partial writes of ``path`` (hidden siblings ``.NAME.partial-PID-RANDOM``)."""
     return sorted(path.parent.glob(f".{path.name}.partial-*"))
 
 
@@ -39,7 +40,8 @@ class StoreWriter:
 
     Data goes to a hidden sibling directory; only a finished store (attribute ``complete``
     true) is renamed to ``path``, so a crash never leaves a half store
-    that looks complete. Leftovers of an interrupted write of the same path are removed.
+    that looks complete. Leftovers of an interrupted write of the same path (whose process
+    is gone) are removed.
     """
 
     def __init__(self, path: str | os.PathLike, *, video_uid: str, video_dim: int,
@@ -56,7 +58,8 @@ class StoreWriter:
         if video_dim <= 0 or gaze_dim <= 0 or chunk_steps <= 0:
             raise StoreError("video_dim, gaze_dim and chunk_steps must be positive")
         for stale in partial_paths(self.path):
-            shutil.rmtree(stale, ignore_errors=True)
+            if not owner_alive(stale):  # never pull a live writer's data from under it
+                shutil.rmtree(stale, ignore_errors=True)
         self.overwrite = overwrite
         self.video_uid = video_uid
         self.grid = grid
@@ -66,7 +69,8 @@ class StoreWriter:
         self.chunk_steps = chunk_steps
         self.extra_attrs = dict(extra_attrs or {})
         self.num_steps = 0
-        self._tmp = self.path.parent / f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}"
+        self._tmp = (self.path.parent
+                     / f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         self._group.attrs.update({"schema": "gazenlq.feature-store", "complete": False})

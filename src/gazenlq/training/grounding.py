@@ -103,17 +103,18 @@ class GroundingModel(nn.Module):
         self.cls_head = Head(h, 1)
         self.reg_head = Head(h, 2)
         self.scales = nn.Parameter(torch.ones(cfg.levels))
+        self.register_buffer("position", sinusoid(cfg.max_len, h), persistent=False)
         nn.init.constant_(self.cls_head.out.conv.bias, -math.log((1 - cfg.prior_prob)
                                                                  / cfg.prior_prob))
 
     def embed_video(self, video: torch.Tensor, mask: torch.Tensor,
                     gaze: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Query-independent part: video embedding (+ position) and gaze embedding."""
+        """Query-independent part: video embedding (+ position) and gaze embedding.
+        Inputs hold at most ``cfg.max_len`` steps (longer videos are searched in windows)."""
         x = video
         for layer in self.video_embed:
             x = layer(x, mask)
-        x = x + sinusoid(x.shape[1], x.shape[2], x.device).unsqueeze(0) \
-            * mask.unsqueeze(-1).to(x.dtype)
+        x = x + self.position[: x.shape[1]].unsqueeze(0) * mask.unsqueeze(-1).to(x.dtype)
         g = None
         if self.gaze_embed is not None:
             if gaze is None:
@@ -148,11 +149,26 @@ class GroundingModel(nn.Module):
             masks.append(mask)
         if not self.branch:
             feats, masks = [x], [mask]
-        logits, dists = [], []
-        for level, (f, m) in enumerate(zip(feats, masks)):
-            logits.append(self.cls_head(f, m)[..., 0])
-            dists.append(torch.relu(self.reg_head(f, m) * self.scales[level]))
-        return torch.cat(logits, 1), torch.cat(dists, 1), torch.cat(masks, 1)
+        return (*self.heads(feats, masks), torch.cat(masks, 1))
+
+    def heads(self, feats: list[torch.Tensor], masks: list[torch.Tensor]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads over all levels in one pass: the levels are laid end to end with one
+        masked zero step between them, so the kernel-3 convolutions never mix levels
+        (exactly the per-level result) while the graph holds one copy of each head."""
+        gap = feats[0].new_zeros(feats[0].shape[0], 1, feats[0].shape[2])
+        gap_mask = masks[0][:, :1] & False
+        x = torch.cat([t for f in feats for t in (f, gap)], 1)
+        m = torch.cat([t for mk in masks for t in (mk, gap_mask)], 1)
+        cls = self.cls_head(x, m)[..., 0]
+        reg = self.reg_head(x, m)
+        logits, dists, start = [], [], 0
+        for level, f in enumerate(feats):
+            n = f.shape[1]
+            logits.append(cls[:, start:start + n])
+            dists.append(torch.relu(reg[:, start:start + n] * self.scales[level]))
+            start = start + n + 1
+        return torch.cat(logits, 1), torch.cat(dists, 1)
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                 text_mask: torch.Tensor, gaze: torch.Tensor | None = None

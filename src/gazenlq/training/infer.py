@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gazenlq.errors import GazeNLQError
 from gazenlq.kernels import PostprocessConfig, postprocess_query
 from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore
@@ -48,6 +49,9 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
     negative = cfg.gaze == "neg_gaze"
     entries = []
     for item in items:
+        if pad_to(item.length, cfg.length_multiple) > cfg.max_len:
+            raise GazeNLQError(f"clip {item.clip_uid}: {item.length} steps exceed the model's "
+                               f"max_len {cfg.max_len}; search it in windows with gaze-search")
         video, mask, gaze = clip_inputs(item, cfg.length_multiple,
                                         estimator if cfg.gaze != "none" else None, negative)
         grid = FeatureStore.open(item.store).info.grid

@@ -15,15 +15,16 @@ from torch import nn
 NEG = -1e4
 
 
-def sinusoid(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
-    """Absolute sinusoidal position encoding ``[length, dim]``."""
-    pos = torch.arange(length, device=device, dtype=torch.float32)[:, None]
-    i = torch.arange(0, dim, 2, device=device, dtype=torch.float32)
+def sinusoid(length: int, dim: int) -> torch.Tensor:
+    """Absolute sinusoidal position encoding ``[length, dim]``, computed in float64 once
+    (a table, so every backend adds exactly the same values)."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    i = torch.arange(0, dim, 2, dtype=torch.float64)
     freq = torch.exp(-math.log(10000.0) * i / dim)
-    enc = torch.zeros(length, dim, device=device)
+    enc = torch.zeros(length, dim, dtype=torch.float64)
     enc[:, 0::2] = torch.sin(pos * freq)
     enc[:, 1::2] = torch.cos(pos * freq[: dim // 2])
-    return enc
+    return enc.float()
 
 
 class DropPath(nn.Module):

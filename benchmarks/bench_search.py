@@ -1,0 +1,145 @@
+"""gaze-search speed and memory: cold start, warm latency and throughput versus video length
+and query batch, the split of time between stages, and peak memory versus video length.
+
+    python -m benchmarks.bench_search --bundle BUNDLE [--quick]
+
+BUNDLE is a gaze-export bundle of a model trained on EgoSim's default features (Dv 256,
+Dg 512). Writes benchmarks/results/search.json and refreshes benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import ROOT, Section, write_result
+
+OUT = ROOT / "out" / "search"
+QUERIES = ["where did I put the bulb", "which tool did I pick up", "what did I put in the box",
+           "where is my wallet", "who handed me the keys", "how many eggs did I cut",
+           "in which room did I see the kettle", "where was the mug before I washed the pan"]
+
+_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from gazenlq.cli.search import main
+def kib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code
+print(json.dumps({"seconds": time.perf_counter() - t0, "peak_kib": kib("VmHWM")}),
+      file=sys.stderr)
+"""
+
+
+def _store(hours: float) -> Path:
+    """An EgoSim session of ``hours`` (no gaze maps: search does not read them)."""
+    from gazenlq.synth.config import EgoSimConfig
+    from gazenlq.synth.dataset import generate
+
+    out = OUT / f"video-{hours:g}h"
+    cfg = EgoSimConfig(seed=7, sessions=1, session_hours=hours, gaze_fraction=0.0)
+    generate(cfg, out)
+    return next((out / "stores").glob("*.zarr"))
+
+
+def _child(args: list[str]) -> tuple[dict, float]:
+    """Run a search in a fresh process; (its self-report, wall time incl. interpreter)."""
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True,
+                         text=True, check=True)
+    wall = time.perf_counter() - t0
+    return json.loads(out.stderr.strip().splitlines()[-1]), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--bundle", type=Path, required=True)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    from gazenlq.engine import SearchEngine, SearchOptions, search
+    from gazenlq.store import FeatureStore
+
+    lengths = (1 / 6, 1.0) if args.quick else (1 / 6, 1.0, 10.0)
+    stores = {h: _store(h) for h in lengths}
+    labels = {h: ("10 min" if h < 1 else f"{h:g} h") for h in lengths}
+    bundle = str(args.bundle)
+
+    # memory and cold start: fresh processes
+    mem = Section("Peak memory of one search in a fresh process (VmHWM)",
+                  ["video", "steps", "no index: MiB", "index present: MiB"])
+    cold = Section("Cold start: new process to first printed result (index present)",
+                   ["video", "median s", "runs"])
+    peaks = {}
+    for h, store in stores.items():
+        shutil.rmtree(store / "cache", ignore_errors=True)
+        r_build, _ = _child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])
+        r_cached, _ = _child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])
+        peaks[h] = r_build["peak_kib"] / 1024
+        mem.rows.append([labels[h], FeatureStore.open(store).num_steps,
+                         round(r_build["peak_kib"] / 1024, 1),
+                         round(r_cached["peak_kib"] / 1024, 1)])
+        walls = [_child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])[1]
+                 for _ in range(3)]
+        cold.rows.append([labels[h], round(statistics.median(walls), 3), len(walls)])
+    if 10.0 in peaks:
+        mem.notes = (f"10 h / 1 h peak (no index) = {peaks[10.0] / peaks[1.0]:.3f}: windows "
+                     "are streamed, so memory does not grow with the video.")
+    cold.notes = ("Wall time of `python -c 'gazenlq.cli.search.main(...)'` including the "
+                  "interpreter, imports, bundle verification (sha256), ONNX Runtime sessions, "
+                  "Numba kernel loading, the search and printing.")
+
+    # warm latency / throughput: one engine, index present
+    engine = SearchEngine(bundle)
+    warm = Section("Warm search (engine loaded, index present)",
+                   ["video", "queries per call", "latency per call s", "s per query",
+                    "queries/s"])
+    split = Section("Where the time goes (warm, 8 queries per call)",
+                    ["video", "io", "video model", "cache read", "ground model",
+                     "post-processing", "text"])
+    for h, store in stores.items():
+        search(engine, [store], QUERIES[:1])  # make sure the index exists
+        for batch in (1, 8, 32):
+            queries = (QUERIES * 4)[:batch]
+            times = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                search(engine, [store], queries)
+                times.append(time.perf_counter() - t0)
+            t = statistics.median(times)
+            warm.rows.append([labels[h], batch, round(t, 4), round(t / batch, 4),
+                              round(batch / t, 1)])
+        engine.timings = type(engine.timings)()
+        search(engine, [store], QUERIES)
+        tm = engine.timings
+        split.rows.append([labels[h], *(round(v, 4) for v in (
+            tm.io, tm.video_model, tm.cache_read, tm.ground_model, tm.postprocess, tm.text))])
+    no_cache = SearchEngine(bundle, options=SearchOptions(use_cache=False, write_cache=False))
+    exact = Section("Exact (no cache) versus cached search, 8 queries",
+                    ["video", "no cache s", "cached s", "ratio"])
+    for h, store in stores.items():
+        t0 = time.perf_counter()
+        search(no_cache, [store], QUERIES)
+        a = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        search(engine, [store], QUERIES)
+        b = time.perf_counter() - t0
+        exact.rows.append([labels[h], round(a, 3), round(b, 3), round(a / b, 2)])
+    write_result("search", "Search engine (gaze-search, ONNX Runtime CPU)",
+                 [cold, warm, split, exact, mem],
+                 summary={"peak_ratio_10h_1h": (peaks[10.0] / peaks[1.0]) if 10.0 in peaks
+                          else None})
+
+
+if __name__ == "__main__":
+    main()

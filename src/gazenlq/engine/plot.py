@@ -1,0 +1,48 @@
+"""PNG timeline of a query's scores over a video, with the moments found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from gazenlq.errors import MissingDependencyError
+
+
+def timeline_png(result, path: Path, engine, truth: tuple[float, float] | None = None) -> None:
+    """Plot the best video's per-step probability against time, shade the returned moments
+    (and the ground truth, when known) and save a PNG."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependencyError("--plot needs matplotlib: pip install "
+                                     "'gazenlq[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not result.moments:
+        return
+    video = result.moments[0].video
+    curve = result.timelines.get(video, np.zeros(0))
+    grid = engine.manifest.time_grid
+    t = grid.to_seconds(np.arange(len(curve)))
+    fig, ax = plt.subplots(figsize=(11, 3))
+    ax.plot(t / 60, curve, lw=0.8, color="0.3", label="score (best level-0 point)")
+    for rank, m in enumerate(result.moments):
+        if m.video != video:
+            continue
+        ax.axvspan(m.start_s / 60, m.end_s / 60, color="tab:orange", alpha=0.35,
+                   label="moments found" if rank == 0 else None)
+        ax.text(m.start_s / 60, 1.02, str(rank + 1), fontsize=8, color="tab:orange")
+    if truth is not None:
+        ax.axvspan(truth[0] / 60, truth[1] / 60, color="tab:green", alpha=0.3,
+                   label="ground truth")
+    ax.set_xlabel("minutes")
+    ax.set_ylim(0, 1.08)
+    ax.set_title(f"{result.query!r} in {video}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)

@@ -1,0 +1,111 @@
+"""ONNX Runtime sessions of a bundle: the three graphs behind small typed calls.
+
+Providers are always explicit: CPU by default; CUDA or TensorRT (through onnxruntime-gpu's
+execution providers) when asked and present, else a one-line error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gazenlq.errors import GazeNLQError, MissingDependencyError
+from gazenlq.export.manifest import Manifest, verify_bundle
+from gazenlq.text.tokenizer import QueryTokenizer
+
+DEVICES = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how the graphs run."""
+
+    device: str = "cpu"
+    precision: str = "fp32"
+    threads: int | None = None
+    """Intra-op threads (default: all cores); other pools (zarr, numba) share them."""
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MissingDependencyError("gaze-search needs onnxruntime: pip install "
+                                     "'gazenlq[engine]' (or 'gazenlq[gpu]')") from None
+    return ort
+
+
+class Runtime:
+    """A verified bundle with one inference session per graph and its tokenizer."""
+
+    def __init__(self, bundle: str | os.PathLike, options: RuntimeOptions = RuntimeOptions()
+                 ) -> None:
+        ort = _ort()
+        self.path = Path(bundle)
+        self.manifest: Manifest = verify_bundle(self.path)
+        if options.device not in DEVICES:
+            raise GazeNLQError(f"unknown device {options.device!r} (expected "
+                               f"{', '.join(DEVICES)})")
+        providers = DEVICES[options.device]
+        if providers[0] not in ort.get_available_providers():
+            have = ", ".join(ort.get_available_providers())
+            raise GazeNLQError(f"device {options.device!r} needs {providers[0]}, which this "
+                               f"onnxruntime lacks (it has {have}); install onnxruntime-gpu "
+                               "on a CUDA machine")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = options.threads or os.cpu_count() or 1
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._make = lambda name: ort.InferenceSession(
+            str(self.path / self.manifest.graph(name, options.precision).file), so,
+            providers=providers)
+        # the video graph loads on first use: a search served by caches never needs it
+        self.sessions = {name: self._make(name) for name in ("text", "ground")}
+        self.precision = options.precision
+        tok = self.manifest.text
+        self.tokenizer = QueryTokenizer(self.path / tok.get("tokenizer", "tokenizer.json"),
+                                        int(tok.get("max_tokens", 32)))
+        self.uses_gaze = self.manifest.uses_gaze
+
+    def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        spec = self.manifest.graph(name, self.precision)
+        if name not in self.sessions:
+            self.sessions[name] = self._make(name)
+        dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
+        feeds = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items()}
+        return [o.astype(np.float32) if o.dtype == np.float16 else o
+                for o in self.sessions[name].run(None, feeds)]
+
+    def text(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token features ``[Q, L, D]`` and mask ``[Q, L]`` (bool) of the queries."""
+        tok = self.tokenizer(queries)
+        (feats,) = self._run("text", {"input_ids": tok.input_ids,
+                                      "attention_mask": tok.attention_mask})
+        return feats, tok.attention_mask.astype(bool)
+
+    def video(self, video: np.ndarray, mask: np.ndarray, gaze: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Query-independent embeddings of padded windows ``[B, T, *]``."""
+        feeds = {"video": video, "mask": mask}
+        if self.uses_gaze:
+            feeds["gaze_features"] = gaze
+        out = self._run("video", feeds)
+        return out[0], (out[1] if self.uses_gaze else None)
+
+    def ground(self, video_emb: np.ndarray, gaze_emb: np.ndarray | None, mask: np.ndarray,
+               tokens: np.ndarray, text_mask: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-row logits ``[B, P]``, distances ``[B, P, 2]`` and point mask ``[B, P]``."""
+        feeds = {"video_emb": video_emb, "mask": mask, "tokens": tokens,
+                 "text_mask": text_mask}
+        if self.uses_gaze:
+            feeds["gaze_emb"] = gaze_emb
+        logits, dists, pmask = self._run("ground", feeds)
+        return logits, dists, pmask

@@ -1,0 +1,185 @@
+"""The bundle manifest: read and verify an exported model bundle without torch or onnx.
+
+A bundle is a directory holding ONNX graphs, the tokenizer and ``manifest.json``, which
+describes everything the engine needs to run them: the model config, feature widths, the
+time grid, strides and length multiple, post-processing defaults, every graph's inputs and
+outputs (dtype, shape with named dynamic axes) and the sha256 of every file. The search
+engine loads bundles through this module only, so it imports json, hashlib and numpy-level
+gazenlq modules and nothing heavier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gazenlq.errors import GazeNLQError
+from gazenlq.timegrid import TimeGrid
+
+FORMAT = "gazenlq.bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+PRECISIONS = ("fp32", "fp16")
+AXES = {
+    "batch": "rows: queries for text and ground, clips (windows) for video",
+    "length": "feature steps; for ground a multiple of length_multiple (pad with mask False)",
+    "text_length": "query tokens, special tokens included",
+    "points": "prediction points of all levels, finest first: sum of length / stride",
+}
+
+
+class BundleError(GazeNLQError):
+    """A bundle is missing, incomplete, modified or from an unknown format version."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: numpy dtype name and shape (``str`` = named dynamic axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One ONNX graph of the bundle."""
+
+    name: str
+    file: str
+    precision: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        return cls(str(d["name"]), str(d["file"]), str(d["precision"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    sha256: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything ``manifest.json`` says; ``graphs[precision][name]``."""
+
+    variant: str
+    model: dict[str, Any]
+    dims: dict[str, int | None]
+    time_grid: TimeGrid
+    strides: tuple[int, ...]
+    length_multiple: int
+    max_len: int
+    text: dict[str, Any]
+    postprocess: dict[str, Any]
+    graphs: dict[str, dict[str, GraphSpec]]
+    files: dict[str, FileEntry]
+    exporter: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    version: int = VERSION
+
+    @property
+    def uses_gaze(self) -> bool:
+        return self.variant != "none"
+
+    @property
+    def levels(self) -> int:
+        return len(self.strides)
+
+    def graph(self, name: str, precision: str = "fp32") -> GraphSpec:
+        """The graph ``name`` (text, video, ground) at ``precision``."""
+        try:
+            return self.graphs[precision][name]
+        except KeyError:
+            have = ", ".join(f"{n} ({p})" for p, g in self.graphs.items() for n in g)
+            raise BundleError(f"the bundle has no {precision} {name} graph (it has: {have})"
+                              + ("; re-export with --fp16" if precision == "fp16" else "")
+                              ) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {"format": FORMAT, "version": d.pop("version"), **d, "axes": AXES}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        return cls(
+            variant=str(d["variant"]), model=dict(d["model"]), dims=dict(d["dims"]),
+            time_grid=TimeGrid(**d["time_grid"]), strides=tuple(d["strides"]),
+            length_multiple=int(d["length_multiple"]), max_len=int(d["max_len"]),
+            text=dict(d["text"]), postprocess=dict(d["postprocess"]),
+            graphs={p: {n: GraphSpec.from_dict(g) for n, g in gs.items()}
+                    for p, gs in d["graphs"].items()},
+            files={f: FileEntry(**e) for f, e in d["files"].items()},
+            exporter=dict(d.get("exporter", {})), source=dict(d.get("source", {})),
+            validation=dict(d.get("validation", {})), version=int(d["version"]))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256_file(path), path.stat().st_size)
+
+
+def read_manifest(bundle_dir: str | Path) -> Manifest:
+    """Parse ``bundle_dir/manifest.json``; a newer format version is refused."""
+    path = Path(bundle_dir) / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir}: not a gazenlq bundle (no {MANIFEST})")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise BundleError(f"{path}: not a gazenlq bundle manifest (format is not {FORMAT!r})")
+    version = raw.get("version")
+    if not isinstance(version, int):
+        raise BundleError(f"{path}: manifest has no integer format version")
+    if version > VERSION:
+        raise BundleError(f"{path}: bundle format version {version} is newer than this gazenlq "
+                          f"reads ({VERSION}); upgrade gazenlq or re-export the bundle")
+    try:
+        return Manifest.from_dict(raw)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def verify_bundle(bundle_dir: str | Path) -> Manifest:
+    """Read the manifest and check that every listed file is present with its sha256."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for graphs in manifest.graphs.values():
+        for spec in graphs.values():
+            if spec.file not in manifest.files:
+                raise BundleError(f"{bundle_dir / MANIFEST}: graph file {spec.file} has no "
+                                  "sha256 entry")
+    for name, entry in manifest.files.items():
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{path}: missing (listed in {MANIFEST}); re-export the bundle")
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            raise BundleError(f"{path}: sha256 does not match {MANIFEST} (modified or "
+                              "corrupted); re-export the bundle")
+    return manifest
