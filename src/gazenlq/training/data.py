@@ -138,7 +138,7 @@ class TextFeatures:
                 tok = tokenizer(order[b:b + batch_size])
                 mask = torch.from_numpy(tok.attention_mask)
                 f = encoder(torch.from_numpy(tok.input_ids), mask)
-                self.feats += [x[: int(m.sum())].to(torch.float16) for x, m in zip(f, mask)]
+                self.feats += [x[: int(m.sum())].clone() for x, m in zip(f, mask)]
         self.dim = self.feats[0].shape[-1] if self.feats else 0
 
     def batch(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +148,7 @@ class TextFeatures:
         mask = torch.zeros(len(ids), length, dtype=torch.bool)
         for row, i in enumerate(ids):
             f = self.feats[i]
-            out[row, : len(f)] = f.float()
+            out[row, : len(f)] = f
             mask[row, : len(f)] = True
         return out, mask
 
