@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -172,8 +173,9 @@ def test_cli_table_json_plot_explain_and_submission(tiny_trained, tiny_bundle, t
     assert [len(r["moments"]) for r in doc["results"]] == [3, 3]
     sub = tmp_path / "sub.json"
     nlq = _cli(data.stores, "--queries", data.val, "--bundle", tiny_bundle, "--submission",
-               sub, "--quiet")
+               sub, "--quiet", "--plot", tmp_path / "gt.png")
     assert nlq.returncode == 0, nlq.stderr
+    assert (tmp_path / "gt.png").stat().st_size > 5000
     ev = subprocess.run([script("gaze-eval"), sub, data.val, "--json"], capture_output=True,
                         text=True)
     assert ev.returncode == 0 and "R1@0.3" in ev.stdout
@@ -240,3 +242,36 @@ def test_concurrent_searches_while_the_cache_is_built(tiny_trained, tiny_bundle,
     entries = [p for p in (store / "cache").iterdir() if not p.name.startswith(".")]
     assert len([e for e in entries if e.is_dir()]) == 1
     assert not list(store.glob(".cache-tmp-*"))
+
+
+def test_devices_that_are_not_here_fail_in_one_line(tiny_trained, tiny_bundle):
+    data, _ = tiny_trained
+    for device, needle in (("cuda", "CUDAExecutionProvider"),
+                           ("trt-native", "tensorrt" if importlib.util.find_spec("tensorrt")
+                            is None else "engine")):
+        out = _cli(_stores(data)[0], "where did I put the knife", "--bundle", tiny_bundle,
+                   "--device", device)
+        _one_line_error(out, needle)
+
+
+@pytest.mark.gpu
+def test_native_tensorrt_engines_match_onnxruntime(tiny_trained, tiny_bundle, tmp_path):
+    if importlib.util.find_spec("tensorrt") is None:
+        pytest.skip("tensorrt is not installed (pip install 'gazenlq[trt]' on a GPU machine)")
+    from gazenlq.export.tensorrt import TrtOptions, build_engines, gpu_compute_capability
+
+    if gpu_compute_capability() is None:
+        pytest.skip("no NVIDIA GPU (nvidia-smi found none)")
+    from gazenlq.engine import RuntimeOptions
+
+    data, _ = tiny_trained
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    build_engines(bundle, TrtOptions(max_length=2560, opt_length=512))
+    store = _stores(data)[0]
+    query = ["where did I put the knife"]
+    opts = SearchOptions(use_cache=False, write_cache=False)
+    cpu = search(SearchEngine(bundle, options=opts), [store], query)
+    gpu = search(SearchEngine(bundle, RuntimeOptions("trt-native"), opts), [store], query)
+    np.testing.assert_allclose([m.score for m in gpu[0].moments],
+                               [m.score for m in cpu[0].moments], atol=1e-3)

@@ -21,6 +21,7 @@ class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
     tensorrt = "tensorrt"
+    trt_native = "trt-native"
 
 
 def _hms(seconds: float) -> str:
@@ -151,6 +152,35 @@ def search(
         from gazenlq.engine.plot import timeline_png
 
         timeline_png(results[0], plot, engine)
+    elif plot is not None and nlq is not None:
+        _plot_nlq_query(engine, nlq, target, plot)
+
+
+def _plot_nlq_query(engine, table, stores: Path, plot: Path) -> None:
+    """Timeline of the annotation file's first answered query in its clip, with its
+    ground-truth window."""
+    import numpy as np
+
+    from gazenlq.engine import Moment, QueryResult
+    from gazenlq.engine.plot import timeline_png
+    from gazenlq.store import FeatureStore
+
+    q = next((q for q in table.with_text() if q.answer is not None), None)
+    if q is None:
+        fail("--plot: the query file has no answered query to draw")
+    path = stores / f"{q.video_uid}.zarr"
+    grid = FeatureStore.open(path).info.grid
+    c0, c1 = q.clip_window
+    first, stop = grid.clip_steps(c0, c1, FeatureStore.open(path).num_steps)
+    tokens, tmask = engine.encode_queries([q.text])
+    scan = engine.scan(path, tokens, tmask, start=first, stop=stop, timeline=True)
+    moments = []
+    for (s, e), score in scan.moments[0]:
+        a, b = np.clip(grid.steps_to_clip(np.array([s, e]), c0, first), 0, c1 - c0)
+        moments.append(Moment(q.clip_uid, float(a), float(b), float(score)))
+    result = QueryResult(q.text, moments, {q.clip_uid: scan.timeline[0]})
+    timeline_png(result, plot, engine, truth=q.answer,
+                 seconds=lambda x: grid.steps_to_clip(x, c0, first))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,9 +9,11 @@ import numpy as np
 from gazenlq.errors import MissingDependencyError
 
 
-def timeline_png(result, path: Path, engine, truth: tuple[float, float] | None = None) -> None:
+def timeline_png(result, path: Path, engine, truth: tuple[float, float] | None = None,
+                 seconds=None) -> None:
     """Plot the best video's per-step probability against time, shade the returned moments
-    (and the ground truth, when known) and save a PNG."""
+    (and the ground truth, when known) and save a PNG. ``seconds`` maps the timeline's
+    step index to the moments' seconds (default: video seconds on the bundle's grid)."""
     try:
         import matplotlib
     except ImportError:
@@ -24,8 +26,8 @@ def timeline_png(result, path: Path, engine, truth: tuple[float, float] | None =
         return
     video = result.moments[0].video
     curve = result.timelines.get(video, np.zeros(0))
-    grid = engine.manifest.time_grid
-    t = grid.to_seconds(np.arange(len(curve)))
+    steps = np.arange(len(curve))
+    t = seconds(steps) if seconds is not None else engine.manifest.time_grid.to_seconds(steps)
     fig, ax = plt.subplots(figsize=(11, 3))
     ax.plot(t / 60, curve, lw=0.8, color="0.3", label="score (best level-0 point)")
     for rank, m in enumerate(result.moments):

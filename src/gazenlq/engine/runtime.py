@@ -20,6 +20,7 @@ DEVICES = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+    "trt-native": [],  # the bundle's own TensorRT engines (gaze-export --trt)
 }
 
 
@@ -47,12 +48,25 @@ class Runtime:
 
     def __init__(self, bundle: str | os.PathLike, options: RuntimeOptions = RuntimeOptions()
                  ) -> None:
-        ort = _ort()
         self.path = Path(bundle)
         self.manifest: Manifest = verify_bundle(self.path)
         if options.device not in DEVICES:
             raise GazeNLQError(f"unknown device {options.device!r} (expected "
                                f"{', '.join(DEVICES)})")
+        self.precision = options.precision
+        tok = self.manifest.text
+        self.tokenizer = QueryTokenizer(self.path / tok.get("tokenizer", "tokenizer.json"),
+                                        int(tok.get("max_tokens", 32)))
+        self.uses_gaze = self.manifest.uses_gaze
+        if options.device == "trt-native":
+            from gazenlq.engine.trt import TrtGraph
+
+            graphs = {n: TrtGraph(self.path, self.manifest, self.manifest.graph(
+                n, self._trt_precision())) for n in ("text", "video", "ground")}
+            self._make = lambda name: graphs[name]
+            self.sessions = graphs
+            return
+        ort = _ort()
         providers = DEVICES[options.device]
         if providers[0] not in ort.get_available_providers():
             have = ", ".join(ort.get_available_providers())
@@ -68,11 +82,10 @@ class Runtime:
             providers=providers)
         # the video graph loads on first use: a search served by caches never needs it
         self.sessions = {name: self._make(name) for name in ("text", "ground")}
-        self.precision = options.precision
-        tok = self.manifest.text
-        self.tokenizer = QueryTokenizer(self.path / tok.get("tokenizer", "tokenizer.json"),
-                                        int(tok.get("max_tokens", 32)))
-        self.uses_gaze = self.manifest.uses_gaze
+
+    def _trt_precision(self) -> str:
+        """Engines record the graph they were built from; its I/O is that graph's."""
+        return self.precision if self.precision in self.manifest.graphs else "fp32"
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         spec = self.manifest.graph(name, self.precision)
@@ -80,8 +93,9 @@ class Runtime:
             self.sessions[name] = self._make(name)
         dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         feeds = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items()}
-        return [o.astype(np.float32) if o.dtype == np.float16 else o
-                for o in self.sessions[name].run(None, feeds)]
+        session = self.sessions[name]
+        outs = session.run(feeds) if hasattr(session, "engine") else session.run(None, feeds)
+        return [o.astype(np.float32) if o.dtype == np.float16 else o for o in outs]
 
     def text(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token features ``[Q, L, D]`` and mask ``[Q, L]`` (bool) of the queries."""

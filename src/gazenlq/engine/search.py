@@ -158,6 +158,8 @@ class SearchEngine:
                                           "start": start, "stop": stop,
                                           "bundle_video_sha256": key})
         arrays = (VIDEO, GAZE_INPUT) if self.manifest.uses_gaze else (VIDEO,)
+        pending: list[tuple] = []  # windows waiting for one fused call of the ground graph
+        per_call = max(1, self.options.batch // max(q, 1))
         try:
             windows = self._windows(store, length, start, stop, arrays, cached is None)
             for i, (ws, we, data) in enumerate(windows):
@@ -185,8 +187,13 @@ class SearchEngine:
                         t0 = time.perf_counter()
                         writer.write(i, v_emb[0], None if g_emb is None else g_emb[0])
                         t.cache_write += time.perf_counter() - t0
-                self._ground_window(ws, valid, length, v_emb, g_emb, mask, tokens, text_mask,
-                                    cands, curve)
+                pending.append((ws, valid, v_emb[0], None if g_emb is None else g_emb[0],
+                                mask[0]))
+                if len(pending) >= per_call:
+                    self._ground(pending, length, tokens, text_mask, cands, curve)
+                    pending = []
+            if pending:
+                self._ground(pending, length, tokens, text_mask, cands, curve)
             if writer is not None:
                 t0 = time.perf_counter()
                 writer.publish()
@@ -234,35 +241,40 @@ class SearchEngine:
                 return
             yield win.start - start, win.stop - start, win.arrays
 
-    def _ground_window(self, ws, valid, length, v_emb, g_emb, mask, tokens, text_mask,
-                       cands, curve) -> None:
-        """Per-query graph on this window for every query (batched), then decoding."""
+    def _ground(self, windows: list[tuple], length: int, tokens: np.ndarray,
+                text_mask: np.ndarray, cands, curve) -> None:
+        """The ground graph on fused batches of (window, query) rows - many windows and many
+        queries per call, at most ``options.batch`` rows - then decoding of every row."""
         from gazenlq.kernels import decode_segments
 
         t = self.timings
         q = len(tokens)
         sizes = [length // s for s in self.strides]
         post = self.post
-        for b0 in range(0, q, self.options.batch):
-            b1 = min(q, b0 + self.options.batch)
-            rows = b1 - b0
+        rows = [(w, qi) for w in range(len(windows)) for qi in range(q)]
+        for r0 in range(0, len(rows), self.options.batch):
+            chunk = rows[r0:r0 + self.options.batch]
+            wi = [w for w, _ in chunk]
+            qi = [k for _, k in chunk]
+            video_emb = np.stack([windows[w][2] for w in wi])
+            gaze_emb = None if windows[0][3] is None else np.stack([windows[w][3] for w in wi])
+            mask = np.stack([windows[w][4] for w in wi])
             t0 = time.perf_counter()
-            logits, dists, pmask = self.runtime.ground(
-                np.broadcast_to(v_emb, (rows, *v_emb.shape[1:])),
-                None if g_emb is None else np.broadcast_to(g_emb, (rows, *g_emb.shape[1:])),
-                np.broadcast_to(mask, (rows, length)), tokens[b0:b1], text_mask[b0:b1])
+            logits, dists, pmask = self.runtime.ground(video_emb, gaze_emb, mask, tokens[qi],
+                                                       text_mask[qi])
             t.ground_model += time.perf_counter() - t0
             t0 = time.perf_counter()
             logits = np.where(pmask, logits, -np.inf).astype(np.float32)
-            for r in range(rows):
+            for r, (w, k) in enumerate(chunk):
+                ws, valid = windows[w][0], windows[w][1]
                 cand = decode_segments(logits[r], dists[r], sizes, self.strides,
                                        score_threshold=post.get("score_threshold", 0.001),
                                        pre_nms_topk=post.get("pre_nms_topk", 2000),
                                        min_length=post.get("min_length", 0.001))
-                cands[b0 + r].append((cand.segments + np.float32(ws), cand.scores))
+                cands[k].append((cand.segments + np.float32(ws), cand.scores))
                 if curve:
                     prob = 1 / (1 + np.exp(-logits[r, :valid]))
-                    seg = curve[b0 + r][ws:ws + valid]
+                    seg = curve[k][ws:ws + valid]
                     np.maximum(seg, prob, out=seg)
             t.postprocess += time.perf_counter() - t0
 
