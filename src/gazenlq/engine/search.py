@@ -37,7 +37,10 @@ class SearchOptions:
     bundle's max length."""
     overlap: int = 256
     batch: int = 32
-    """Rows (window x query pairs) per call of the per-query graph."""
+    """Rows (window x query pairs) per call of the per-query graph, at most."""
+    fuse_steps: int = 8192
+    """Rows x window steps per call of the per-query graph, at most: bounds memory whatever
+    the video's length (3 full-length windows, or more shorter ones)."""
     use_cache: bool = True
     write_cache: bool = True
     prefetch: int = 2
@@ -159,7 +162,7 @@ class SearchEngine:
                                           "bundle_video_sha256": key})
         arrays = (VIDEO, GAZE_INPUT) if self.manifest.uses_gaze else (VIDEO,)
         pending: list[tuple] = []  # windows waiting for one fused call of the ground graph
-        per_call = max(1, self.options.batch // max(q, 1))
+        per_call = max(1, self._rows(length) // max(q, 1))
         try:
             windows = self._windows(store, length, start, stop, arrays, cached is None)
             for i, (ws, we, data) in enumerate(windows):
@@ -241,6 +244,10 @@ class SearchEngine:
                 return
             yield win.start - start, win.stop - start, win.arrays
 
+    def _rows(self, length: int) -> int:
+        """Rows per call of the per-query graph for windows of ``length`` steps."""
+        return max(1, min(self.options.batch, self.options.fuse_steps // length))
+
     def _ground(self, windows: list[tuple], length: int, tokens: np.ndarray,
                 text_mask: np.ndarray, cands, curve) -> None:
         """The ground graph on fused batches of (window, query) rows - many windows and many
@@ -252,8 +259,9 @@ class SearchEngine:
         sizes = [length // s for s in self.strides]
         post = self.post
         rows = [(w, qi) for w in range(len(windows)) for qi in range(q)]
-        for r0 in range(0, len(rows), self.options.batch):
-            chunk = rows[r0:r0 + self.options.batch]
+        step = self._rows(length)
+        for r0 in range(0, len(rows), step):
+            chunk = rows[r0:r0 + step]
             wi = [w for w, _ in chunk]
             qi = [k for _, k in chunk]
             video_emb = np.stack([windows[w][2] for w in wi])
