@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TypeVar
 
 import typer
 
@@ -17,7 +15,6 @@ try:  # typer >= 0.24 vendors its own click
 except ImportError:  # pragma: no cover - older typer on the real click
     from click.exceptions import ClickException, NoArgsIsHelpError
 
-T = TypeVar("T")
 
 
 def make_app(help: str) -> typer.Typer:
@@ -55,16 +52,6 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> 
         raise SystemExit(0) from None
     if isinstance(rv, int) and rv:
         raise SystemExit(rv)
-
-
-def progress(items: Iterable[T], *, total: int | None = None, desc: str = "",
-             unit: str = "it", quiet: bool = False) -> Iterable[T]:
-    """A tqdm bar on stderr, shown only when stderr is a terminal and not ``quiet``."""
-    from tqdm import tqdm
-
-    disable = quiet or not sys.stderr.isatty() or os.environ.get("GAZENLQ_NO_PROGRESS") == "1"
-    return tqdm(items, total=total, desc=desc, unit=unit, disable=disable, file=sys.stderr,
-                dynamic_ncols=True, leave=False)
 
 
 def print_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import make_app, print_json, print_table, progress, run
+from gazenlq.cli.common import make_app, print_json, print_table, run
+from gazenlq.progress import progress
 
 app = make_app(
     "Bring Ego4D downloads in: pre-extracted .pt feature files of several extractors (and "

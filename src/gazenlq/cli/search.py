@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import fail, make_app, print_json, print_table, progress, run
+from gazenlq.cli.common import fail, make_app, print_json, print_table, run
+from gazenlq.progress import progress
 
 app = make_app("Answer natural-language queries over a feature store or a directory of "
                "them, without PyTorch: gaze-search video.zarr 'where did I put the bulb' "

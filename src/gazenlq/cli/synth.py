@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import fail, make_app, print_json, print_table, progress, run
+from gazenlq.cli.common import fail, make_app, print_json, print_table, run
+from gazenlq.progress import progress
 
 app = make_app("Generate EgoSim, a synthetic egocentric world: one Zarr feature store per "
                "recording session and Ego4D NLQ JSON annotations (train/val/test) under OUT. "

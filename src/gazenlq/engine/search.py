@@ -135,8 +135,8 @@ class SearchEngine:
 
     def scan(self, store_path: Path, tokens: np.ndarray, text_mask: np.ndarray, *,
              start: int = 0, stop: int | None = None, timeline: bool = False) -> Scan:
-        """Search steps ``[start, stop)`` of one store for every query; moments in seconds
-        relative to step ``start``'s clip origin are NOT applied here: returned in steps."""
+        """Search steps ``[start, stop)`` of one store for every query; the moments are
+        ``(segment, score)`` with the segment in steps relative to ``start``."""
         store_path = Path(store_path)
         store = FeatureStore.open(store_path)
         self._check_store(store)

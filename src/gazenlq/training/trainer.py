@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gazenlq.atomic import write_json_atomic
-from gazenlq.cli.common import progress
+from gazenlq.progress import progress
 from gazenlq.training import checkpoint
 from gazenlq.training.config import OptimConfig
 
