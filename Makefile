@@ -35,10 +35,9 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Every benchmark for this machine's devices -> benchmarks/RESULTS.md (CPU: about 15 min).
 bench: setup
-	$(BIN)/python -m benchmarks.bench_store
-	$(BIN)/python -m benchmarks.bench_kernels
-	$(BIN)/python -m benchmarks.bench_search --bundle $(DEMO)/bundle
+	$(BIN)/python -m benchmarks
 
 lint: setup
 	$(BIN)/ruff check .

@@ -18,13 +18,13 @@ import onnx
 import torch
 
 from benchmarks.common import Section, measure, write_result
+from benchmarks.models import config
 from gazenlq.export.fp16 import to_fp16
 from gazenlq.export.graphs import graph_defs, random_inputs
 from gazenlq.export.onnx_export import export_graph
-from gazenlq.export.validate import OrtBackend, TorchBackend, ort_session
+from gazenlq.export.validate import OrtBackend, TorchBackend, max_abs_diff, ort_session
 from gazenlq.text import TextEncoderConfig, build_text_encoder
-from gazenlq.training.config import preset
-from gazenlq.training.model import GazeNLQ, with_dims
+from gazenlq.training.model import GazeNLQ
 
 LENGTHS = (256, 1024, 2560)
 QUERIES = (1, 8)
@@ -34,8 +34,7 @@ TEXT_TOKENS = 12
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = with_dims(preset("small"), video_dim=256, gaze_dim=512, text_dim=384,
-                    variant="gaze")
+    cfg = config("small", video_dim=256, gaze_dim=512)
     model = GazeNLQ(cfg).eval().requires_grad_(False)
     ground = graph_defs(model, build_text_encoder(TextEncoderConfig()))["ground"]
     rng = np.random.default_rng(0)
@@ -54,20 +53,26 @@ def main() -> None:
                                                "text_length": TEXT_TOKENS}, rng, vocab=1000)
                 times = {name: measure(lambda b=b, f=feeds: b.run("ground", f), repeat=10)
                          for name, b in backends.items()}
+                outs = {name: b.run("ground", feeds) for name, b in backends.items()}
+                diff = {p: max(max_abs_diff(outs["torch"][o], outs[p][o],
+                                            outs["torch"]["point_mask"])
+                               for o in ("logits", "distances")) for p in paths}
                 rows.append([length, q, times["torch"].ms(), times["fp32"].ms(),
                              times["fp16"].ms(),
-                             times["torch"].median / times["fp32"].median])
-                summary[f"T{length}_Q{q}"] = {k: t.median * 1e3 for k, t in times.items()}
+                             times["torch"].median / times["fp32"].median,
+                             f"{diff['fp32']:.1e}", f"{diff['fp16']:.1e}"])
+                summary[f"T{length}_Q{q}"] = {**{k: t.median * 1e3 for k, t in times.items()},
+                                              **{f"max_abs_diff_{p}": d
+                                                 for p, d in diff.items()}}
     section = Section(
         "ground graph (small preset, GazeNLQ): PyTorch eager vs onnxruntime CPU, 1 thread",
         ["T (steps)", "queries", "PyTorch eager", "onnxruntime fp32", "onnxruntime fp16",
-         "PyTorch / ORT fp32"], rows,
+         "PyTorch / ORT fp32", "max abs diff fp32", "max abs diff fp16"], rows,
         "Median [p10-p90] per call of the per-query graph only (text encoder and the cached "
-        "per-video graph excluded), 10 runs after 2 warm-ups. Measured while a training "
-        "experiment and other benchmarks kept both cores of this machine busy, so absolute "
-        "times are inflated and noisy; the ratios are the useful figure. The fp16 graph is "
-        "slower than fp32 on the CPU provider: it is meant for GPU providers and TensorRT, "
-        "and runs here only to prove it correct.")
+        "per-video graph excluded), 10 runs after 2 warm-ups. Max abs diff: largest "
+        "difference from PyTorch over the valid points of both outputs (logits, distances) "
+        "for the same inputs. The fp16 graph is slower than fp32 on the CPU provider: it is "
+        "meant for GPU providers and TensorRT, and runs here to prove it correct.")
     path = write_result("export", "Export: grounding graph latency (onnxruntime vs PyTorch)",
                         [section], summary=summary, command="python -m benchmarks.bench_export")
     print(" | ".join(section.columns))

@@ -12,6 +12,7 @@ import pytest
 from gazenlq.nlq.annotations import load_queries
 from gazenlq.store import GAZE_MAPS, GAZE_TYPE, FeatureStore, GazeType
 from gazenlq.store.writer import partial_paths
+from gazenlq.synth.concepts import compute_text_embeddings, concept_names, text_embeddings
 from gazenlq.synth.config import DIFFICULTIES, EgoSimConfig
 from gazenlq.synth.dataset import generate, plan_sessions, session_timeline, write_session
 from gazenlq.synth.render import render
@@ -163,6 +164,43 @@ def test_features_carry_the_hidden_concepts():
     assert proj[inside].mean() > proj[~inside].mean() + 0.5
     # the spatial features are not the pooled ones: another, hidden map
     assert abs(np.corrcoef(video[:, :16].ravel(), r["gaze"][:, :16].ravel())[0, 1]) < 0.2
+
+
+def test_text_alignment_mixes_name_embeddings_into_concept_directions():
+    unaligned = World.build(4, 256, 32, text_align=0.0)
+    for align in (0.25, 0.5, 0.8):
+        world = World.build(4, 256, 32, text_align=align)
+        for name in ("video_place", "video_object", "video_verb", "video_person"):
+            rows = getattr(world, name)
+            np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+            # the random part is the unaligned world's direction, weighted sqrt(1 - align)
+            cos = (rows * getattr(unaligned, name)).sum(axis=1)
+            assert abs(cos.mean() - np.sqrt(1 - align)) < 0.05, (name, align)
+    world = World.build(4, 256, 32, text_align=1.0)
+    text = text_embeddings()["object"]
+    text = text - text.mean(axis=0)
+    # fully aligned: the geometry of the names' embeddings carries over to the features
+    a = text @ text.T / np.outer(np.linalg.norm(text, axis=1), np.linalg.norm(text, axis=1))
+    b = world.video_object @ world.video_object.T
+    iu = np.triu_indices(len(a), 1)
+    assert np.corrcoef(a[iu], b[iu])[0, 1] > 0.8  # (a random projection, 384 -> 256)
+    # the spatial (gaze-estimator) map is never aligned
+    np.testing.assert_array_equal(world.cell_object, unaligned.cell_object)
+
+
+def test_shipped_concept_embeddings_match_the_text_encoder():
+    pytest.importorskip("torch", reason="recomputing the embeddings needs PyTorch")
+    fresh = compute_text_embeddings()
+    shipped = text_embeddings()
+    assert set(fresh) == set(shipped) == set(concept_names())
+    for kind in fresh:
+        np.testing.assert_allclose(shipped[kind], fresh[kind], atol=1e-5)
+
+
+def test_old_manifests_without_text_align_read_as_unaligned():
+    d = EgoSimConfig().to_dict()
+    del d["difficulty"]["text_align"]
+    assert EgoSimConfig.from_dict(d).difficulty.text_align == 0.0
 
 
 def test_difficulty_knob_changes_the_noise():

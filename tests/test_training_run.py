@@ -108,6 +108,7 @@ def test_checkpoint_is_self_describing(tiny_data, text, tmp_path):
     hist = [json.loads(line) for line in
             (tmp_path / "r" / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in hist] == [1, 2] and "val_R1@0.3" in hist[0]
+    assert hist[0]["device"] == "cpu" and hist[0]["precision"] == "float32"
     assert (tmp_path / "r" / "stage2" / "curves.png").stat().st_size > 1000
     files = {p.name for p in (tmp_path / "r" / "stage2" / "last").rglob("*")}
     assert not any(f.endswith((".pt", ".pkl", ".pth")) for f in files)

@@ -36,6 +36,10 @@ def synth(
     drift: Annotated[float | None, typer.Option(min=0, help="Override: slow drift std.")] = None,
     gaze_off: Annotated[float | None, typer.Option(min=0, max=1, help="Override: chance a "
                                                     "fixation misses the handled object.")] = None,
+    text_align: Annotated[float | None, typer.Option(min=0, max=1, help="Override: share of "
+                                                      "each feature direction aligned with "
+                                                      "the text embedding of its name.")]
+    = None,
     hours: Annotated[float | None, typer.Option(min=0.05, help="Fixed session length in hours "
                                                 "(long-video benchmarks).")] = None,
     gaze_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of sessions with "
@@ -57,7 +61,8 @@ def synth(
         fail(f"{out}: exists and is not a directory")
     diff = DIFFICULTIES[difficulty.value]
     overrides = {k: v for k, v in (("clutter", clutter), ("noise", noise), ("drift", drift),
-                                   ("gaze_off", gaze_off)) if v is not None}
+                                   ("gaze_off", gaze_off), ("text_align", text_align))
+                 if v is not None}
     cfg = EgoSimConfig(seed=seed, sessions=sessions, video_dim=video_dim, cell_dim=cell_dim,
                        gaze_fraction=gaze_fraction, session_hours=hours,
                        difficulty=replace(diff, **overrides))

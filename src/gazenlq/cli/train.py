@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import replace
 from enum import Enum
@@ -48,6 +49,8 @@ def train(
     stage1_epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-1 "
                                                       "epochs.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
+    device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N; "
+                                        "CUDA trains in mixed precision.")] = "auto",
     report: Annotated[Path | None, typer.Option(help="Write the results table (Markdown) "
                                                 "here, e.g. docs/results.md.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs in OUT.")] = False,
@@ -75,7 +78,10 @@ def train(
         for p in (paths.stores, paths.train, paths.val):
             if not p.exists():
                 fail(f"{p}: missing (is {data} a gaze-synth dataset? else pass --train/--val)")
-    cfg = replace(get_preset(preset.value), workers=workers)
+    from gazenlq.training.device import resolve_device
+
+    resolve_device(device)  # fail before any work when the device is missing
+    cfg = replace(get_preset(preset.value), workers=workers, device=device)
     if epochs is not None:
         cfg = replace(cfg, stage2=replace(cfg.stage2, epochs=epochs,
                                           warmup_epochs=min(cfg.stage2.warmup_epochs, epochs)))
@@ -87,6 +93,11 @@ def train(
     table = run_table(cfg, paths, out, variants=names, seeds=_ints(seeds), resume=resume,
                       quiet=quiet, preset=preset.value)
     table["seconds"] = round(time.perf_counter() - t0, 1)
+    extra = [*(["--epochs", str(epochs)] if epochs else []),
+             *(["--stage1-epochs", str(stage1_epochs)] if stage1_epochs else [])]
+    table["command"] = shlex.join(["gaze-train", str(data), "--out", str(out), "--preset",
+                                   preset.value, "--variants", variants, "--seeds", seeds,
+                                   *extra])
     if report is not None:
         from gazenlq.training.experiment import write_report
 

@@ -25,7 +25,7 @@ from gazenlq.export.tensorrt import (
 )
 
 
-def _cudart() -> Any:
+def load_cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
     except ImportError:
@@ -53,7 +53,7 @@ class TrtGraph:
 
     def __init__(self, bundle: Path, manifest: Manifest, spec: GraphSpec) -> None:
         trt, capability = require_tensorrt()
-        self.cudart = _cudart()
+        self.cudart = load_cudart()
         path = engine_path(bundle, spec.name)
         if not path.is_file():
             raise GazeNLQError(f"{path}: no TensorRT engine; build it: gaze-export "

@@ -101,7 +101,8 @@ def validation_sizes(graph: GraphDef) -> list[dict[str, int]]:
             for n, t in zip(LENGTHS, TEXT_LENGTHS)]
 
 
-def _max_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None) -> float:
+def max_abs_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None) -> float:
+    """Largest absolute difference over the ``valid`` positions (inf if shapes differ)."""
     if a.shape != b.shape:
         return float("inf")
     if valid is not None:
@@ -127,7 +128,7 @@ def graph_parity(graph: GraphDef, session: InferenceSession, rng: np.random.Gene
         for spec in graph.outputs:
             mask = graph.valid.get(spec.name)
             rows.append(ParityRow(graph.name, spec.name, label,
-                                  _max_diff(ref[spec.name], got[spec.name],
+                                  max_abs_diff(ref[spec.name], got[spec.name],
                                             None if mask is None else tensors[mask]),
                                   tolerance))
     return rows

@@ -90,7 +90,7 @@ def write_session(cfg: EgoSimConfig, plan: SessionPlan, out: Path,
     if _store_is_current(path, cfg, plan):
         return path
     tl = timeline or session_timeline(cfg, plan)
-    world = World.build(cfg.seed, cfg.video_dim, cfg.cell_dim)
+    world = World.build(cfg.seed, cfg.video_dim, cfg.cell_dim, cfg.difficulty.text_align)
     num_steps = cfg.grid.num_steps(tl.duration_s)
     with StoreWriter(path, video_uid=plan.video_uid, video_dim=cfg.video_dim,
                      gaze_dim=cfg.gaze_dim, grid=cfg.grid, duration_s=tl.duration_s,

@@ -1,8 +1,10 @@
 """EgoSim's world: places, objects, verbs and people, and the hidden concept -> feature maps.
 
-The vocabulary and phrasings are EgoSim's own. The feature maps are random (seeded) and
-unrelated to any text encoder, so a grounding model has to learn which words go with which
-feature directions.
+The vocabulary and phrasings are EgoSim's own. The pooled-feature direction of a concept is
+random (seeded), or with ``text_align`` > 0 a mix of that and a fixed random projection of
+the default text encoder's embedding of its name (``synth/concepts.py``), like the
+video-language features GroundNLQ uses. The spatial (gaze-estimator) features are never
+aligned: a model has to learn which cell content goes with which words.
 """
 
 from __future__ import annotations
@@ -93,23 +95,51 @@ class World:
     cell_position: np.ndarray
 
     @classmethod
-    def build(cls, seed: int, video_dim: int, cell_dim: int) -> World:
+    def build(cls, seed: int, video_dim: int, cell_dim: int, text_align: float = 0.0
+              ) -> World:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0x57011D]))
 
         def unit(n: int, d: int) -> np.ndarray:
             v = rng.standard_normal((n, d))
             return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
+        video = {kind: unit(n, video_dim) for kind, n in (
+            ("place", len(PLACES)), ("object", len(OBJECTS)), ("verb", len(VERBS)),
+            ("person", len(PEOPLE)))}
+        if text_align > 0:
+            video = _aligned(video, seed, text_align)
         return cls(
-            video_place=unit(len(PLACES), video_dim),
-            video_object=unit(len(OBJECTS), video_dim),
-            video_verb=unit(len(VERBS), video_dim),
-            video_person=unit(len(PEOPLE), video_dim),
+            video_place=video["place"],
+            video_object=video["object"],
+            video_verb=video["verb"],
+            video_person=video["person"],
             cell_object=unit(len(OBJECTS), cell_dim),
             cell_person=unit(len(PEOPLE), cell_dim),
             cell_hand=unit(1, cell_dim)[0],
             cell_position=unit(4, cell_dim),
         )
+
+
+def _unit_rows(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _aligned(random: dict[str, np.ndarray], seed: int, align: float) -> dict[str, np.ndarray]:
+    """Mix each concept's random direction with a projection of its name's text embedding
+    (centred per kind, so the shared component of all names carries no information)."""
+    from gazenlq.synth.concepts import text_embeddings
+
+    text = text_embeddings()
+    dim = next(iter(random.values())).shape[1]
+    proj = np.random.default_rng(np.random.SeedSequence([seed, 0x7E47])).standard_normal(
+        (next(iter(text.values())).shape[1], dim))
+    out = {}
+    for kind, rand in random.items():
+        e = text[kind].astype(np.float64)
+        aligned = _unit_rows((e - e.mean(axis=0)) @ proj)
+        out[kind] = _unit_rows(np.sqrt(align) * aligned
+                               + np.sqrt(1 - align) * rand).astype(np.float32)
+    return out
 
 
 OBJECT_INDEX = {name: i for i, (name, *_rest) in enumerate(OBJECTS)}

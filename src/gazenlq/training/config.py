@@ -45,6 +45,8 @@ class GroundingConfig:
     mlp_ratio: int = 4
     drop_path: float = 0.1
     dropout: float = 0.0
+    layer_scale: float = 1e-4
+    """Initial scale of every video block's residual branches (ActionFormer / GroundNLQ)."""
     max_len: int = 2560
     gaze: str = "gaze"
     """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*)."""
@@ -99,6 +101,9 @@ class TrainConfig:
     train_max_len: int | None = None
     """Crop training clips to at most this many steps around the answers (None: whole clip)."""
     workers: int = 0
+    device: str = "auto"
+    """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'; mixed precision on
+    CUDA (gazenlq.training.device)."""
     freeze_estimator: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,12 +138,12 @@ PRESETS: dict[str, TrainConfig] = {
     "small": TrainConfig(
         estimator=GazeEstimatorConfig(hidden=128, glu_layers=5, heads=4, embed_dim=128),
         grounding=GroundingConfig(hidden=96, heads=4, text_blocks=1, stem_blocks=2,
-                                  branch_blocks=6, mlp_ratio=2, drop_path=0.1,
+                                  branch_blocks=6, mlp_ratio=2, drop_path=0.0,
                                   max_len=2560),
-        stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=6, warmup_epochs=1,
+        stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=3, warmup_epochs=1,
                            batch_size=16, ema_decay=0.99),
-        stage2=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=8, warmup_epochs=1,
-                           batch_size=16, ema_decay=0.99),
+        stage2=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=5, warmup_epochs=1,
+                           batch_size=4, ema_decay=0.99),
         train_max_len=256,
     ),
 }

@@ -95,11 +95,11 @@ class GroundingModel(nn.Module):
         n = cfg.stem_blocks + cfg.branch_blocks
         rates = torch.linspace(0, cfg.drop_path, n).tolist()
         self.stem = nn.ModuleList(
-            VideoBlock(h, cfg.heads, cfg.window, cfg.mlp_ratio, 1, rates[i], cfg.dropout)
-            for i in range(cfg.stem_blocks))
+            VideoBlock(h, cfg.heads, cfg.window, cfg.mlp_ratio, 1, rates[i], cfg.dropout,
+                       cfg.layer_scale) for i in range(cfg.stem_blocks))
         self.branch = nn.ModuleList(
             VideoBlock(h, cfg.heads, cfg.window, cfg.mlp_ratio, 2, rates[cfg.stem_blocks + i],
-                       cfg.dropout) for i in range(cfg.branch_blocks))
+                       cfg.dropout, cfg.layer_scale) for i in range(cfg.branch_blocks))
         self.cls_head = Head(h, 1)
         self.reg_head = Head(h, 2)
         self.scales = nn.Parameter(torch.ones(cfg.levels))

@@ -14,14 +14,17 @@ from gazenlq.kernels import PostprocessConfig, postprocess_query
 from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore
 from gazenlq.training.data import ClipItem, TextFeatures, pad_to
+from gazenlq.training.device import model_device
 from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.grounding import GroundingModel, level_sizes
 
 
 @torch.no_grad()
 def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
-                negative: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """A clip's padded video features ``[1, T, Dv]``, mask and gaze tokens (or None)."""
+                negative: bool, device: torch.device = torch.device("cpu")
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A clip's padded video features ``[1, T, Dv]``, mask and gaze tokens (or None), on
+    ``device``."""
     store = FeatureStore.open(item.store)
     n = item.length
     t = pad_to(n, multiple)
@@ -29,12 +32,13 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
     video[0, :n] = torch.from_numpy(store.read(VIDEO, item.first, item.stop).astype(np.float32))
     mask = torch.zeros(1, t, dtype=torch.bool)
     mask[0, :n] = True
+    video, mask = video.to(device), mask.to(device)
     gaze = None
     if estimator is not None:
         feats = torch.zeros(1, t, store.dim(GAZE_INPUT))
         feats[0, :n] = torch.from_numpy(
             store.read(GAZE_INPUT, item.first, item.stop).astype(np.float32))
-        gaze = estimator.gaze_tokens(feats, mask, negative=negative)
+        gaze = estimator.gaze_tokens(feats.to(device), mask, negative=negative)
     return video, mask, gaze
 
 
@@ -44,6 +48,7 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
             chunk: int = 32) -> list[Entry]:
     """Top-k windows (clip seconds) for every query of ``items``."""
     model.eval()
+    device = model_device(model)
     post = post or PostprocessConfig()
     cfg = model.cfg
     negative = cfg.gaze == "neg_gaze"
@@ -53,7 +58,8 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
             raise GazeNLQError(f"clip {item.clip_uid}: {item.length} steps exceed the model's "
                                f"max_len {cfg.max_len}; search it in windows with gaze-search")
         video, mask, gaze = clip_inputs(item, cfg.length_multiple,
-                                        estimator if cfg.gaze != "none" else None, negative)
+                                        estimator if cfg.gaze != "none" else None, negative,
+                                        device)
         grid = FeatureStore.open(item.store).info.grid
         v, g = model.embed_video(video, mask, gaze)
         sizes = level_sizes(video.shape[1], cfg.levels)
@@ -64,9 +70,9 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
             q = len(queries)
             logits, dists, pmask = model.ground(
                 v.expand(q, -1, -1), None if g is None else g.expand(q, -1, -1),
-                mask.expand(q, -1), tokens, tmask)
-            logits = logits.masked_fill(~pmask, float("-inf"))
-            for query, lg, d in zip(queries, logits.numpy(), dists.numpy()):
+                mask.expand(q, -1), tokens.to(device), tmask.to(device))
+            logits = logits.masked_fill(~pmask, float("-inf")).float().cpu()
+            for query, lg, d in zip(queries, logits.numpy(), dists.float().cpu().numpy()):
                 kept = postprocess_query(lg, d, sizes, cfg.strides, config=post)
                 secs = np.clip(grid.steps_to_clip(kept.segments, item.clip_start_s,
                                                   item.first), 0.0, duration)

@@ -180,7 +180,7 @@ class VideoBlock(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, window: int, ratio: int, stride: int,
-                 drop_path: float, dropout: float) -> None:
+                 drop_path: float, dropout: float, layer_scale: float = 1e-4) -> None:
         super().__init__()
         self.stride = stride
         self.ln_self, self.ln_cross, self.ln_mlp = (nn.LayerNorm(dim) for _ in range(3))
@@ -191,7 +191,7 @@ class VideoBlock(nn.Module):
         self.self_attn = Attention(dim, heads, window, dropout=dropout)
         self.cross_attn = Attention(dim, heads, None, dropout=dropout)
         self.mlp = MLP(dim, ratio, dropout)
-        self.ls = nn.ModuleList(LayerScale(dim) for _ in range(3))
+        self.ls = nn.ModuleList(LayerScale(dim, layer_scale) for _ in range(3))
         self.drop = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,

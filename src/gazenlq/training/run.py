@@ -25,6 +25,7 @@ from gazenlq.training.data import (
     TextFeatures,
     clip_items,
 )
+from gazenlq.training.device import model_device, resolve_device
 from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.infer import predict
 from gazenlq.training.model import GazeNLQ, with_dims
@@ -63,11 +64,14 @@ def gaze_map_metrics(estimator: GazeEstimator, windows: GazeWindows,
                      centre_bias: np.ndarray | None = None, batch: int = 32) -> dict[str, float]:
     """Mean KL and CC of predicted maps on fixation steps (and of the centre bias)."""
     estimator.eval()
+    device = model_device(estimator)
     kls, ccs, base_kl, base_cc = [], [], [], []
     with torch.no_grad():
         for b in torch.utils.data.DataLoader(windows, batch_size=batch):
             fix = b["fixation"].numpy()
-            pred = estimator.predict_maps(b["feats"], torch.ones_like(b["fixation"]))
+            feats = b["feats"].to(device)
+            pred = estimator.predict_maps(feats, torch.ones(feats.shape[:2], dtype=torch.bool,
+                                                            device=device)).float().cpu()
             pred, gt = pred.numpy()[fix], b["maps"].numpy()[fix]
             if not len(gt):
                 continue
@@ -112,11 +116,25 @@ def train_estimator(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
     stage = trainer.Stage(
         name="stage1", model=est, optim=cfg.stage1, dataset=train_w, collate=None,
         step=step, validate=lambda m: gaze_map_metrics(m, val_w, bias), score="kl",
-        higher_is_better=False, workers=cfg.workers,
+        higher_is_better=False, workers=cfg.workers, device=resolve_device(cfg.device),
         config={"kind": "estimator", "train_config": cfg.to_dict()},
         items_per_batch=lambda b: int(b["valid"].numel()))
     trainer.run(stage, out / "stage1", resume=resume, quiet=quiet)
     return out / "stage1" / "best"
+
+
+def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
+                   ) -> dict[str, torch.Tensor]:
+    """Stage-2 losses of one collated batch: one video pass per window, one grounding pass
+    per query (``batch["clip_of"]`` maps queries to windows)."""
+    uses_gaze = model.estimator is not None
+    gaze = model.gaze_tokens(batch["gaze"], batch["mask"]) if uses_gaze else None
+    v, g = model.grounding.embed_video(batch["video"], batch["mask"], gaze)
+    idx = batch["clip_of"]
+    logits, dists, pmask = model.grounding.ground(
+        v[idx], None if g is None else g[idx], batch["mask"][idx], batch["tokens"],
+        batch["text_mask"])
+    return grounding_loss(logits, dists, pmask, batch["answers"], model.cfg.grounding, norm)
 
 
 def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool, quiet: bool,
@@ -137,13 +155,7 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
     norm = PositiveNormaliser()
 
     def step(m: GazeNLQ, batch: dict) -> dict[str, torch.Tensor]:
-        gaze = m.gaze_tokens(batch["gaze"], batch["mask"]) if uses_gaze else None
-        v, g = m.grounding.embed_video(batch["video"], batch["mask"], gaze)
-        idx = batch["clip_of"]
-        logits, dists, pmask = m.grounding.ground(
-            v[idx], None if g is None else g[idx], batch["mask"][idx], batch["tokens"],
-            batch["text_mask"])
-        return grounding_loss(logits, dists, pmask, batch["answers"], cfg.grounding, norm)
+        return grounding_step(m, batch, norm)
 
     def validate(m: GazeNLQ) -> dict[str, float]:
         return _recall_metrics(predict(m.grounding, m.estimator, val_items, text), val_table)
@@ -152,6 +164,7 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         name=f"stage2-{cfg.grounding.gaze}", model=model, optim=cfg.stage2, dataset=dataset,
         collate=GroundingCollate(text, cfg.grounding.length_multiple), step=step,
         validate=validate, score="R1@0.3", higher_is_better=True, workers=cfg.workers,
+        device=resolve_device(cfg.device),
         config={"kind": "gazenlq", "train_config": cfg.to_dict()},
         items_per_batch=lambda b: len(b["clip_of"]),
         extra_state=lambda: {"normaliser": norm.value},

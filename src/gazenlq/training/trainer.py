@@ -1,5 +1,6 @@
 """The training loop shared by both stages: AdamW (decay on weights only), linear warm-up +
-cosine, gradient clipping, EMA, per-epoch validation, atomic checkpoints, exact resume."""
+cosine, gradient clipping, EMA, per-epoch validation, atomic checkpoints, exact resume; on
+the CPU or on CUDA with mixed precision (``gazenlq.training.device``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gazenlq.atomic import write_json_atomic
 from gazenlq.progress import progress
 from gazenlq.training import checkpoint
 from gazenlq.training.config import OptimConfig
+from gazenlq.training.device import Precision, to_device
 
 
 class EMA:
@@ -84,6 +86,36 @@ class Stage:
     extra_state: Callable[[], dict] = field(default=lambda: {})
     load_extra_state: Callable[[dict], None] = field(default=lambda d: None)
     workers: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+def train_step(model: nn.Module, batch: Any,
+               step: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
+               opt: torch.optim.Optimizer, amp: Precision, clip_grad: float
+               ) -> dict[str, torch.Tensor]:
+    """One optimizer step: losses under autocast, (scaled) backward, clipping, update."""
+    with amp.autocast():
+        losses = step(model, batch)
+    opt.zero_grad(set_to_none=True)
+    amp.scaler.scale(losses["loss"]).backward()
+    amp.scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    amp.scaler.step(opt)
+    amp.scaler.update()
+    return losses
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -99,7 +131,9 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
     schedule, RNG, data order). ``stop_after_epoch`` ends early (used to test resumption).
     Returns the per-epoch history.
     """
-    cfg, model = stage.optim, stage.model
+    cfg, device = stage.optim, stage.device
+    model = stage.model.to(device)
+    amp = Precision.for_device(device)
     n = len(stage.dataset)
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
@@ -111,11 +145,13 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
     if resume and (out / "last" / "state").is_dir():
         st = checkpoint.load_resume(out / "last")
         model.load_state_dict(st["raw"])
-        ema.shadow = {k: v.clone() for k, v in checkpoint.load_weights(out / "last").items()
+        ema.shadow = {k: v.to(device) for k, v in checkpoint.load_weights(out / "last").items()
                       if k in ema.shadow}
         checkpoint.unflatten_optimizer(opt, st["optim"], st["trainer"]["optim"])
         sched.load_state_dict(st["trainer"]["sched"])
-        torch.set_rng_state(st["rng"]["torch"])
+        _set_rng_state(st["rng"], device)
+        if st["trainer"].get("scaler"):  # empty when saved without loss scaling
+            amp.scaler.load_state_dict(st["trainer"]["scaler"])
         history, best = st["trainer"]["history"], st["trainer"]["best"]
         start_epoch = st["trainer"]["epoch"] + 1
         stage.load_extra_state(st["trainer"]["extra"])
@@ -128,31 +164,30 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
         loader = torch.utils.data.DataLoader(
             stage.dataset, batch_size=cfg.batch_size, sampler=order,
             collate_fn=stage.collate, num_workers=stage.workers,
-            persistent_workers=False)
+            persistent_workers=False, pin_memory=device.type == "cuda")
         model.train()
         sums: dict[str, float] = {}
         items, t0 = 0, time.perf_counter()
         bar = progress(loader, total=steps_per_epoch, desc=f"{stage.name} {epoch + 1}/"
                        f"{cfg.epochs}", unit="batch", quiet=quiet)
         for batch in bar:
-            if stage.items_per_batch(batch) == 0:
+            n_items = stage.items_per_batch(batch)
+            if n_items == 0:
                 continue  # e.g. stage-2 windows without any answer
-            losses = stage.step(model, batch)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            opt.step()
+            losses = train_step(model, to_device(batch, device), stage.step, opt, amp,
+                                cfg.clip_grad)
             sched.step()
             ema.update(model)
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
-            items += stage.items_per_batch(batch)
+            items += n_items
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}",
                                 rate=f"{items / (time.perf_counter() - t0):.1f}/s")
         seconds = time.perf_counter() - t0
         metrics = stage.validate(ema.copy_of(model))
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": seconds,
+               "device": str(device), "precision": amp.name,
                "items_per_s": items / seconds,
                **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
                **{f"val_{k}": v for k, v in metrics.items()}}
@@ -168,10 +203,10 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
         optim_tensors, optim_meta = checkpoint.flatten_optimizer(opt)
         checkpoint.save(out / "last", config=conf, weights=weights, resume={
             "raw": model.state_dict(), "optim": optim_tensors,
-            "rng": {"torch": torch.get_rng_state()},
+            "rng": _rng_state(device),
             "trainer": {"epoch": epoch, "history": history, "best": best,
                         "optim": optim_meta, "sched": sched.state_dict(),
-                        "extra": stage.extra_state()}})
+                        "scaler": amp.scaler.state_dict(), "extra": stage.extra_state()}})
         _write_log(out, history)
         if not quiet:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items()

@@ -1,0 +1,53 @@
+"""Random-weight checkpoints and bundles for the speed benchmarks (latency does not depend on
+the weights, so no training run is needed; accuracy lives in docs/results.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from gazenlq.training.config import TrainConfig, preset
+from gazenlq.training.model import GazeNLQ, with_dims
+
+TEXT_DIM = 384  # all-MiniLM-L6-v2, the default text encoder
+
+
+def config(name: str, *, video_dim: int, gaze_dim: int, variant: str = "gaze") -> TrainConfig:
+    """Preset ``name`` with the given feature widths."""
+    return with_dims(preset(name), video_dim=video_dim, gaze_dim=gaze_dim, text_dim=TEXT_DIM,
+                     variant=variant)
+
+
+def random_checkpoint(cfg: TrainConfig, path: Path, seed: int = 0) -> Path:
+    """A stage-2 checkpoint of ``cfg`` with seeded random weights, as gaze-export reads it."""
+    from gazenlq.training import checkpoint
+
+    torch.manual_seed(seed)
+    model = GazeNLQ(cfg)
+    checkpoint.save(path, config={"kind": "gazenlq", "train_config": cfg.to_dict(),
+                                  "epoch": 0, "metrics": {}}, weights=model.state_dict())
+    return path
+
+
+def random_bundle(cfg: TrainConfig, out: Path, *, fp16: bool = False, trt: bool = False
+                  ) -> Path:
+    """A validated gaze-export bundle of a random-weight ``cfg`` (reused when present)."""
+    from gazenlq.errors import GazeNLQError
+    from gazenlq.export.exporter import export_bundle
+    from gazenlq.export.manifest import verify_bundle
+    from gazenlq.export.tensorrt import ENGINE_DIR, TrtOptions
+
+    bundle = out / "bundle"
+    try:
+        manifest = verify_bundle(bundle)
+        same = manifest.model == json.loads(json.dumps(cfg.to_dict()))
+        if same and (not fp16 or "fp16" in manifest.graphs) and (
+                not trt or (bundle / ENGINE_DIR).is_dir()):
+            return bundle
+    except (GazeNLQError, OSError):  # absent or stale: export afresh
+        pass
+    ckpt = random_checkpoint(cfg, out / "checkpoint")
+    export_bundle(ckpt, bundle, fp16=fp16, trt=TrtOptions(fp16=True) if trt else None)
+    return bundle
