@@ -61,23 +61,20 @@ def video_store(out: Path, hours: float, video_dim: int = VIDEO_DIM, cell_dim: i
     return next((path / "stores").glob("*.zarr"))
 
 
-def _torch_ground(model: GazeNLQ, device: str, autocast: bool
+def _torch_ground(graph, device: str, autocast: bool
                   ) -> Callable[[dict[str, np.ndarray]], object]:
     """PyTorch eager per-query graph on ``device`` (inputs copied in, outputs copied out,
-    as the bundle's graphs do)."""
-    from gazenlq.export.graphs import graph_defs
-    from gazenlq.text import build_text_encoder
+    as the bundle's graphs do), under the trainer's autocast when ``autocast``."""
+    from gazenlq.training.device import Precision
 
     dev = torch.device(device)
-    graph = graph_defs(model, build_text_encoder(model.cfg.text))["ground"]
     module = graph.module.to(dev).eval()
-    dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() \
-        else torch.float16
+    amp = Precision.for_device(dev if autocast else torch.device("cpu"))
 
     @torch.no_grad()
     def run(feeds: dict[str, np.ndarray]) -> object:
         args = [torch.from_numpy(feeds[s.name]).to(dev) for s in graph.inputs]
-        with torch.autocast(dev.type, dtype=dtype, enabled=autocast):
+        with amp.autocast():
             out = module(*args)
         return [o.float().cpu() for o in out]
 
@@ -96,12 +93,12 @@ def ground_section(model: GazeNLQ, bundle: Path, devices: Devices, batches: tupl
     rng = np.random.default_rng(0)
     feeds = {q: _ground_feeds(graph, q, length, rng) for q in batches}
     backends: list[tuple[str, str, str, str, Callable | None]] = [
-        ("PyTorch eager", "cpu", "fp32", "", lambda: _torch_ground(model, "cpu", False))]
+        ("PyTorch eager", "cpu", "fp32", "", lambda: _torch_ground(graph, "cpu", False))]
     cuda_reason = devices.torch_cuda_reason
     backends += [("PyTorch eager", "cuda", "fp32", cuda_reason,
-                  lambda: _torch_ground(model, "cuda", False)),
+                  lambda: _torch_ground(graph, "cuda", False)),
                  ("PyTorch eager + autocast", "cuda", "bf16/fp16", cuda_reason,
-                  lambda: _torch_ground(model, "cuda", True))]
+                  lambda: _torch_ground(graph, "cuda", True))]
     for device, reason in devices.engine_devices.items():
         precision = "fp32" if device == "cpu" else GPU_PRECISION
         runner = "TensorRT" if device == "trt-native" else "ONNX Runtime"

@@ -22,7 +22,7 @@ from benchmarks.common import Section, measure, write_result
 from benchmarks.devices import detect
 from benchmarks.models import config
 from gazenlq.training.config import TrainConfig
-from gazenlq.training.device import Precision, resolve_device
+from gazenlq.training.device import Precision, resolve_device, to_device
 from gazenlq.training.model import GazeNLQ
 from gazenlq.training.run import grounding_step
 from gazenlq.training.targets import PositiveNormaliser
@@ -59,7 +59,7 @@ def grounding_batch(cfg: TrainConfig, case: Case, device: torch.device,
              "text_mask": torch.ones(n, TEXT_TOKENS, dtype=torch.bool)}
     if g.gaze != "none":
         batch["gaze"] = torch.randn(w, t, cfg.estimator.in_dim, generator=gen)
-    return {k: v.to(device) for k, v in batch.items()}
+    return to_device(batch, device)
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +92,7 @@ def run_case(case: Case) -> dict:
           "maps": torch.rand(16, w, cfg.estimator.map_size, cfg.estimator.map_size,
                              generator=gen),
           "valid": torch.ones(16, w, dtype=torch.bool)}
-    s1 = {k: v.to(device) for k, v in s1.items()}
+    s1 = to_device(s1, device)
 
     def stage1() -> None:
         train_step(est, s1, lambda m, b: m.loss(b["feats"], b["maps"], b["valid"]), opt1, amp,
