@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import warnings
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -137,6 +138,38 @@ def test_io_check_catches_a_specialised_axis():
                         "output y is float32, expected float16",
                         "output y axis 0 is named 'b', expected 'batch'",
                         "output y axis 1 (length) was specialised to the constant 7"]
+
+
+def test_fp16_graph_output_that_later_nodes_read(tmp_path):
+    """An output also read inside the graph (the video graph's ``video_emb`` feeds the gaze
+    attention): readers get the fp16 tensor or the output's own Cast, names stay unique."""
+    from gazenlq.export.fp16 import to_fp16
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.ln = torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y, self.ln(y) * y
+
+    path = tmp_path / "net.onnx"
+    with warnings.catch_warnings():  # the exporter's own deprecation notices
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Net().eval(), (torch.randn(2, 8),), str(path), input_names=["x"],
+                          output_names=["y", "z"], dynamo=True)
+    half = to_fp16(onnx.load(str(path)))
+    names = [n.name for n in half.graph.node]
+    assert len(names) == len(set(names))
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    want = ort_session(path).run(None, {"x": x})
+    half_path = tmp_path / "net_fp16.onnx"
+    onnx.save(half, str(half_path))
+    got = ort_session(half_path).run(None, {"x": x})
+    for g, w in zip(got, want):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, atol=2e-2, rtol=2e-2)
 
 
 def test_fp16_graphs_keep_normalisation_and_softmax_in_fp32(exported):

@@ -10,8 +10,8 @@ import torch
 
 from gazenlq.training.config import PRESETS, GazeEstimatorConfig, GroundingConfig
 from gazenlq.training.estimator import GazeEstimator
-from gazenlq.training.grounding import GroundingModel, level_sizes
-from gazenlq.training.layers import _softmax, local_attention
+from gazenlq.training.grounding import GroundingModel, QueryGate, level_sizes
+from gazenlq.training.layers import Attention, _softmax, local_attention
 from gazenlq.training.targets import (
     PositiveNormaliser,
     assign,
@@ -47,6 +47,51 @@ def test_fully_masked_rows_give_zero():
     q = k = v = torch.randn(1, 1, 20, 4)
     mask = torch.zeros(1, 20, dtype=torch.bool)
     assert local_attention(q, k, v, mask, 9).abs().max() == 0
+
+
+def test_null_key_attention_matches_torch_add_zero_attn():
+    torch.manual_seed(0)
+    ours = Attention(8, 2, None, null_key=True).eval()
+    ref = torch.nn.MultiheadAttention(8, 2, batch_first=True, add_zero_attn=True).eval()
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.k.weight, ours.v.weight]))
+        ref.in_proj_bias.copy_(torch.cat([ours.q.bias, ours.k.bias, ours.v.bias]))
+        ref.out_proj.weight.copy_(ours.out.weight)
+        ref.out_proj.bias.copy_(ours.out.bias)
+    x, kv = torch.randn(3, 5, 8), torch.randn(3, 4, 8)
+    valid = torch.tensor([[True] * 4, [True, True, False, False], [False] * 4])
+    with torch.no_grad():
+        got = ours(x, kv, valid)
+        want, _ = ref(x, kv, kv, key_padding_mask=~valid)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    # with every word masked the step attends to nothing: only the output bias is left
+    torch.testing.assert_close(got[2], ours.out.bias.expand(5, 8).detach(), atol=1e-6,
+                               rtol=0)
+
+
+def test_query_gate_starts_as_identity_and_ignores_padded_words():
+    gate = QueryGate(4)
+    x, text = torch.randn(2, 7, 4), torch.randn(2, 3, 4)
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    torch.testing.assert_close(gate(x, text, mask), x)
+    gate(x, text, mask).square().sum().backward()
+    assert gate.proj.weight.grad.abs().sum() > 0  # zero-initialised, yet it learns
+    torch.nn.init.normal_(gate.proj.weight)
+    noisy = text.clone()
+    noisy[1, 1:] = 100.0
+    with torch.no_grad():
+        torch.testing.assert_close(gate(x, noisy, mask), gate(x, text, mask))
+        q = text[1, :1].mean(0)
+        torch.testing.assert_close(gate(x, text, mask)[1], x[1] * (1 + gate.proj(q)))
+    # the gaze variants' gate adds the gaze context times its own query vector
+    gaze_gate = QueryGate(4, gaze=True)
+    ctx = torch.randn(2, 7, 4)
+    torch.testing.assert_close(gaze_gate(x, text, mask, ctx), x)
+    torch.nn.init.normal_(gaze_gate.gaze_proj.weight)
+    with torch.no_grad():
+        q = text[0].mean(0)
+        torch.testing.assert_close(gaze_gate(x, text, mask, ctx)[0],
+                                   x[0] + ctx[0] * gaze_gate.gaze_proj(q))
 
 
 def _inputs(t: int, valid: int, q: int = 3, seed: int = 0):

@@ -49,6 +49,9 @@ def train(
     stage1_epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-1 "
                                                       "epochs.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
+    jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, each in its own "
+                                      "process with an equal share of the cores (2 suits a "
+                                      "2-core CPU; progress bars off).")] = 1,
     device: Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda or cuda:N; "
                                         "CUDA trains in mixed precision.")] = "auto",
     report: Annotated[Path | None, typer.Option(help="Write the results table (Markdown) "
@@ -91,9 +94,10 @@ def train(
                                                             stage1_epochs)))
     t0 = time.perf_counter()
     table = run_table(cfg, paths, out, variants=names, seeds=_ints(seeds), resume=resume,
-                      quiet=quiet, preset=preset.value)
+                      quiet=quiet, preset=preset.value, jobs=jobs)
     table["seconds"] = round(time.perf_counter() - t0, 1)
-    extra = [*(["--epochs", str(epochs)] if epochs else []),
+    extra = [*(["--jobs", str(jobs)] if jobs > 1 else []),
+             *(["--epochs", str(epochs)] if epochs else []),
              *(["--stage1-epochs", str(stage1_epochs)] if stage1_epochs else [])]
     table["command"] = shlex.join(["gaze-train", str(data), "--out", str(out), "--preset",
                                    preset.value, "--variants", variants, "--seeds", seeds,

@@ -28,10 +28,12 @@ class _Converter:
         self.domain = {i.name: FLOAT for i in graph.input}  # float tensor -> FLOAT / HALF
         self.half_inits: dict[str, TensorProto] = {}
         self.casts: dict[tuple[str, int], str] = {}
+        self.renamed: dict[str, str] = {}  # graph output -> its internal fp16 tensor
         self.nodes: list[onnx.NodeProto] = []
 
     def fetch(self, name: str, want: int) -> str:
         """``name`` as a ``want``-typed tensor: fp16 weight copy or a (shared) Cast."""
+        name = self.renamed.get(name, name)
         if not name or self.types.get(name) != FLOAT:
             return name
         if name in self.inits:
@@ -80,8 +82,12 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
                 continue
             conv.domain[out] = want
             if out in outputs and want == HALF:  # keep the graph output float32
-                new.output[k] = f"{out}__fp16"
-                tail.append(helper.make_node("Cast", [new.output[k]], [out], to=FLOAT,
+                half = new.output[k] = f"{out}__fp16"
+                # later nodes read the fp16 tensor; float32 readers share the output's Cast
+                conv.renamed[out] = half
+                conv.types[half], conv.domain[half] = FLOAT, HALF
+                conv.casts[half, FLOAT] = out
+                tail.append(helper.make_node("Cast", [half], [out], to=FLOAT,
                                              name=f"{out}__to_fp32"))
         conv.nodes += [new, *tail]
     used = {i for n in conv.nodes for i in n.input}

@@ -28,7 +28,7 @@ GRAPHS = ("text", "video", "ground")
 
 
 class VideoGraph(nn.Module):
-    """Query-independent half: video embedding (+ gaze tokens -> gaze embedding)."""
+    """Query-independent half: video embedding (+ gaze tokens -> gaze context)."""
 
     def __init__(self, model: GazeNLQ) -> None:
         super().__init__()

@@ -1,10 +1,11 @@
 """EgoSim's world: places, objects, verbs and people, and the hidden concept -> feature maps.
 
-The vocabulary and phrasings are EgoSim's own. The pooled-feature direction of a concept is
-random (seeded), or with ``text_align`` > 0 a mix of that and a fixed random projection of
-the default text encoder's embedding of its name (``synth/concepts.py``), like the
-video-language features GroundNLQ uses. The spatial (gaze-estimator) features are never
-aligned: a model has to learn which cell content goes with which words.
+The vocabulary and phrasings are EgoSim's own. A concept's direction in the pooled features
+and an object's (or person's) direction in the per-cell spatial features are random
+(seeded), or with ``text_align`` > 0 a mix of that and a fixed random projection of the
+default text encoder's embedding of its name (``synth/concepts.py``), like the
+video-language features GroundNLQ uses. The two spaces use different projections, so
+knowing one map says nothing about the other.
 """
 
 from __future__ import annotations
@@ -106,17 +107,20 @@ class World:
         video = {kind: unit(n, video_dim) for kind, n in (
             ("place", len(PLACES)), ("object", len(OBJECTS)), ("verb", len(VERBS)),
             ("person", len(PEOPLE)))}
+        cell = {"object": unit(len(OBJECTS), cell_dim), "person": unit(len(PEOPLE), cell_dim)}
+        hand, position = unit(1, cell_dim)[0], unit(4, cell_dim)
         if text_align > 0:
-            video = _aligned(video, seed, text_align)
+            video = _aligned(video, [seed, 0x7E47], text_align)
+            cell = _aligned(cell, [seed, 0xCE11], text_align)
         return cls(
             video_place=video["place"],
             video_object=video["object"],
             video_verb=video["verb"],
             video_person=video["person"],
-            cell_object=unit(len(OBJECTS), cell_dim),
-            cell_person=unit(len(PEOPLE), cell_dim),
-            cell_hand=unit(1, cell_dim)[0],
-            cell_position=unit(4, cell_dim),
+            cell_object=cell["object"],
+            cell_person=cell["person"],
+            cell_hand=hand,
+            cell_position=position,
         )
 
 
@@ -124,14 +128,16 @@ def _unit_rows(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _aligned(random: dict[str, np.ndarray], seed: int, align: float) -> dict[str, np.ndarray]:
-    """Mix each concept's random direction with a projection of its name's text embedding
-    (centred per kind, so the shared component of all names carries no information)."""
+def _aligned(random: dict[str, np.ndarray], seed: list[int], align: float
+             ) -> dict[str, np.ndarray]:
+    """Mix each concept's random direction with a projection (drawn from ``seed``) of its
+    name's text embedding, centred per kind so the shared component of all names carries
+    no information."""
     from gazenlq.synth.concepts import text_embeddings
 
     text = text_embeddings()
     dim = next(iter(random.values())).shape[1]
-    proj = np.random.default_rng(np.random.SeedSequence([seed, 0x7E47])).standard_normal(
+    proj = np.random.default_rng(np.random.SeedSequence(seed)).standard_normal(
         (next(iter(text.values())).shape[1], dim))
     out = {}
     for kind, rand in random.items():

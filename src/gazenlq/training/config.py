@@ -47,6 +47,8 @@ class GroundingConfig:
     dropout: float = 0.0
     layer_scale: float = 1e-4
     """Initial scale of every video block's residual branches (ActionFormer / GroundNLQ)."""
+    query_gate: bool = True
+    """Multiply the video steps by a query vector before the blocks (``QueryGate``)."""
     max_len: int = 2560
     gaze: str = "gaze"
     """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*)."""
@@ -139,11 +141,11 @@ PRESETS: dict[str, TrainConfig] = {
         estimator=GazeEstimatorConfig(hidden=128, glu_layers=5, heads=4, embed_dim=128),
         grounding=GroundingConfig(hidden=96, heads=4, text_blocks=1, stem_blocks=2,
                                   branch_blocks=6, mlp_ratio=2, drop_path=0.0,
-                                  max_len=2560),
-        stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=3, warmup_epochs=1,
+                                  max_len=2560, layer_scale=0.1),
+        stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=2, warmup_epochs=1,
                            batch_size=16, ema_decay=0.99),
-        stage2=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=5, warmup_epochs=1,
-                           batch_size=4, ema_decay=0.99),
+        stage2=OptimConfig(lr=2e-3, weight_decay=0.05, epochs=4, warmup_epochs=1,
+                           batch_size=8, ema_decay=0.99),
         train_max_len=256,
     ),
 }

@@ -1,15 +1,24 @@
 """The accuracy table: variants x seeds on one dataset, with a prior-only baseline.
 
 One stage-1 estimator per seed serves both gaze variants; the text features are computed
-once. Results go to ``<out>/table.json`` and, on request, a Markdown report.
+once. The runs are jobs (stage 1 of a seed, then its gaze variants; the baselines at any
+time) that ``jobs`` worker processes share, each with an equal share of the cores: small
+models on a CPU use one core far better than two. Results go to ``<out>/table.json`` and,
+on request, a Markdown report.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
+import sys
+import time
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +28,8 @@ from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
 from gazenlq.nlq.submission import Entry
 from gazenlq.training.config import TrainConfig
-from gazenlq.training.run import DataPaths, load_text, train
+from gazenlq.training.data import TextFeatures
+from gazenlq.training.run import DataPaths, load_text, train, train_stage1
 
 METRICS = ("R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "mIoU")
 
@@ -53,25 +63,98 @@ def prior_baseline(train_table: QueryTable, test_table: QueryTable, k: int = 5) 
     return out
 
 
+@dataclass(frozen=True)
+class Job:
+    """One unit of the table: stage 1 of a seed, or stage 2 (+ test) of a variant."""
+
+    name: str
+    variant: str
+    seed: int
+    run_dir: Path
+    after: str | None = None
+    """The stage-1 job whose estimator this one uses (its checkpoint: ``estimator``)."""
+    estimator: Path | None = None
+
+    @property
+    def is_stage1(self) -> bool:
+        return self.name.startswith("stage1-")
+
+
+def plan(variants: list[str], seeds: list[int], out: Path) -> list[Job]:
+    """The jobs in priority order: stage 1 first (the gaze runs wait for it), baselines
+    last. Stage 1 lives in the first gaze variant's run directory."""
+    first, stage2 = [], []
+    for seed in seeds:
+        gaze = [v for v in variants if v != "none"]
+        if gaze:
+            owner = out / f"{gaze[0]}-s{seed}"
+            first.append(Job(f"stage1-s{seed}", gaze[0], seed, owner))
+        for v in variants:
+            needs = v != "none"
+            stage2.append(Job(f"{v}-s{seed}", v, seed, out / f"{v}-s{seed}",
+                              f"stage1-s{seed}" if needs else None,
+                              owner / "stage1" / "best" if needs else None))
+    return first + sorted(stage2, key=lambda j: j.variant == "none")
+
+
+def run_job(job: Job, cfg: TrainConfig, data: DataPaths, text: TextFeatures, resume: bool,
+            quiet: bool) -> dict | None:
+    """Run one job (in this process); stage-2 jobs return their results."""
+    if job.is_stage1:
+        if not (resume and (job.run_dir / "results.json").is_file()):
+            train_stage1(cfg, data, job.run_dir, variant=job.variant, seed=job.seed,
+                         text_dim=text.dim, resume=resume, quiet=quiet)
+        return None
+    results = job.run_dir / "results.json"
+    if resume and results.is_file():
+        return json.loads(results.read_text())
+    return train(cfg, data, job.run_dir, variant=job.variant, seed=job.seed, resume=resume,
+                 quiet=quiet, estimator_ckpt=job.estimator, text=text)
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_parallel(todo: list[Job], jobs: int, args: tuple, quiet: bool
+                  ) -> dict[str, dict | None]:
+    """Run ``todo`` on ``jobs`` processes, starting each job once its stage 1 is done."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: dict[str, dict | None] = {}
+    running: dict[Future, Job] = {}
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        while todo or running:
+            for job in [j for j in todo if j.after is None or j.after in results]:
+                if len(running) >= jobs:
+                    break
+                todo.remove(job)
+                running[pool.submit(run_job, job, *args)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                job = running.pop(fut)
+                results[job.name] = fut.result()
+                if not quiet:
+                    print(f"{job.name} done at {(time.perf_counter() - t0) / 60:.1f} min",
+                          file=sys.stderr, flush=True)
+    return results
+
+
 def run_table(cfg: TrainConfig, data: DataPaths, out: Path, *, variants: list[str],
-              seeds: list[int], resume: bool, quiet: bool, preset: str) -> dict:
-    """Train every variant x seed (skipping finished runs when resuming) and summarise."""
+              seeds: list[int], resume: bool, quiet: bool, preset: str, jobs: int = 1) -> dict:
+    """Train every variant x seed (skipping finished runs when resuming) and summarise;
+    ``jobs`` > 1 runs that many jobs at once in worker processes (progress bars off)."""
     tables = [load_queries(p) for p in (data.train, data.val, data.test) if p]
     text = load_text(cfg, tables)
-    runs = []
-    for seed in seeds:
-        estimator = None
-        for variant in variants:
-            run_dir = out / f"{variant}-s{seed}"
-            done = run_dir / "results.json"
-            if resume and done.is_file():
-                result = json.loads(done.read_text())
-            else:
-                result = train(cfg, data, run_dir, variant=variant, seed=seed, resume=resume,
-                               quiet=quiet, estimator_ckpt=estimator, text=text)
-            if variant != "none" and estimator is None:
-                estimator = run_dir / "stage1" / "best"
-            runs.append(result)
+    todo = plan(variants, seeds, out)
+    if jobs > 1:
+        done = _run_parallel(todo, jobs, (cfg, data, text, resume, True), quiet)
+    else:
+        done = {job.name: run_job(job, cfg, data, text, resume, quiet) for job in todo}
+    runs = [done[f"{v}-s{seed}"] for seed in seeds for v in variants]
     split = "test" if data.test else "val"
     rows = []
     for variant in variants:

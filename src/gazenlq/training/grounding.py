@@ -47,29 +47,65 @@ class Head(nn.Module):
 
 class GazeFusion(nn.Module):
     """GazeNLQ: cross-attention gaze -> video (local) and text -> video, outputs added to the
-    video embedding and refined by local self-attention."""
+    video embedding and refined by local self-attention.
+
+    The gaze -> video attention does not see the query, so it is its own step
+    (:meth:`attend_gaze`, run once per video in ``embed_video``); the rest runs per query.
+    """
 
     def __init__(self, cfg: GroundingConfig) -> None:
         super().__init__()
         h = cfg.hidden
         self.ln_v, self.ln_g, self.ln_self = nn.LayerNorm(h), nn.LayerNorm(h), nn.LayerNorm(h)
         self.gaze_to_video = Attention(h, cfg.heads, cfg.window, dropout=cfg.dropout)
-        self.text_to_video = Attention(h, cfg.heads, None, dropout=cfg.dropout)
+        self.text_to_video = Attention(h, cfg.heads, None, dropout=cfg.dropout, null_key=True)
         self.refine = Attention(h, cfg.heads, cfg.window, dropout=cfg.dropout)
         self.mlp = MLP(h, cfg.mlp_ratio, cfg.dropout)
         self.ln_mlp = nn.LayerNorm(h)
         self.ls = nn.ModuleList(LayerScale(h, 1e-1) for _ in range(2))
         self.drop = DropPath(cfg.drop_path)
 
-    def forward(self, video: torch.Tensor, gaze: torch.Tensor, mask: torch.Tensor,
+    def attend_gaze(self, video: torch.Tensor, gaze: torch.Tensor, mask: torch.Tensor
+                    ) -> torch.Tensor:
+        """Each step's local cross-attention to the gaze embeddings: the gaze context."""
+        ctx = self.gaze_to_video(self.ln_v(video), self.ln_g(gaze), mask)
+        return ctx * mask.unsqueeze(-1).to(ctx.dtype)
+
+    def forward(self, video: torch.Tensor, gaze_ctx: torch.Tensor, mask: torch.Tensor,
                 text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        v = self.ln_v(video)
-        x = video + self.gaze_to_video(v, self.ln_g(gaze), mask) \
-            + self.text_to_video(v, text, text_mask)
+        x = video + gaze_ctx + self.text_to_video(self.ln_v(video), text, text_mask)
         h = self.ln_self(x)
         x = x + self.drop(self.ls[0](self.refine(h, h, mask)))
         x = x + self.drop(self.ls[1](self.mlp(self.ln_mlp(x))))
         return x * mask.unsqueeze(-1).to(x.dtype)
+
+
+class QueryGate(nn.Module):
+    """Multiplies every video step by a vector made from the query (its masked mean token):
+    ``x + x * W q``, and, for the gaze variants, adds the gaze context times its own query
+    vector, ``g * W_g q``. Cross-attention alone passes the words on but not how well a
+    step matches them (its weights sum to one); the products make the match of the words
+    with what is seen, and separately with what is looked at, linear read-outs that a
+    small model learns in a few epochs. The maps start at zero: the gate starts as the
+    identity."""
+
+    def __init__(self, dim: int, gaze: bool = False) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.gaze_proj = nn.Linear(dim, dim) if gaze else None
+        for layer in (self.proj, self.gaze_proj):
+            if layer is not None:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
+                gaze_ctx: torch.Tensor | None = None) -> torch.Tensor:
+        m = text_mask.unsqueeze(-1).to(text.dtype)
+        q = (text * m).sum(1) / m.sum(1).clamp(min=1.0)
+        out = x + x * self.proj(q).unsqueeze(1)
+        if self.gaze_proj is not None:
+            out = out + gaze_ctx * self.gaze_proj(q).unsqueeze(1)
+        return out
 
 
 class GroundingModel(nn.Module):
@@ -92,6 +128,7 @@ class GroundingModel(nn.Module):
             TextBlock(h, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.text_blocks))
         self.gaze_embed = _proj(gaze_dim, h) if gaze_dim else None
         self.fusion = GazeFusion(cfg) if gaze_dim else None
+        self.gate = QueryGate(h, gaze=gaze_dim is not None) if cfg.query_gate else None
         n = cfg.stem_blocks + cfg.branch_blocks
         rates = torch.linspace(0, cfg.drop_path, n).tolist()
         self.stem = nn.ModuleList(
@@ -109,7 +146,8 @@ class GroundingModel(nn.Module):
 
     def embed_video(self, video: torch.Tensor, mask: torch.Tensor,
                     gaze: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Query-independent part: video embedding (+ position) and gaze embedding.
+        """Query-independent part: video embedding (+ position) and, for the gaze variants,
+        the gaze context (gaze embeddings attended from every step; ``GazeFusion``).
         Inputs hold at most ``cfg.max_len`` steps (longer videos are searched in windows)."""
         x = video
         for layer in self.video_embed:
@@ -120,6 +158,7 @@ class GroundingModel(nn.Module):
             if gaze is None:
                 raise ValueError("this model was built with gaze; pass gaze tokens")
             g = self.gaze_embed(gaze) * mask.unsqueeze(-1).to(x.dtype)
+            g = self.fusion.attend_gaze(x, g, mask)
         return x, g
 
     def encode_text(self, tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -137,6 +176,8 @@ class GroundingModel(nn.Module):
         x = video_emb
         if self.fusion is not None:
             x = self.fusion(x, gaze_emb, mask, text, text_mask)
+        if self.gate is not None:
+            x = self.gate(x, text, text_mask, gaze_emb)
         for block in self.stem:
             x, mask = block(x, mask, text, text_mask)
         feats, masks = [], []

@@ -115,12 +115,20 @@ def global_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 class Attention(nn.Module):
-    """Multi-head attention: local (``window``) or global, self or cross."""
+    """Multi-head attention: local (``window``) or global, self or cross.
+
+    ``null_key`` prepends a zero key and value (PyTorch's ``add_zero_attn``): a query that
+    matches none of the keys can attend to nothing, so the output's size says how well it
+    matched - the signal a video step needs from the query's words.
+    """
 
     def __init__(self, dim: int, heads: int, window: int | None = None,
-                 kv_dim: int | None = None, dropout: float = 0.0) -> None:
+                 kv_dim: int | None = None, dropout: float = 0.0, null_key: bool = False
+                 ) -> None:
         super().__init__()
-        self.heads, self.window = heads, window
+        if null_key and window is not None:
+            raise ValueError("null_key is for global (cross-)attention")
+        self.heads, self.window, self.null_key = heads, window, null_key
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(kv_dim or dim, dim)
         self.v = nn.Linear(kv_dim or dim, dim)
@@ -133,6 +141,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split(self.q(x)), self._split(self.k(kv)), self._split(self.v(kv))
+        if self.null_key:
+            k = F.pad(k, (0, 0, 1, 0))
+            v = F.pad(v, (0, 0, 1, 0))
+            kv_mask = torch.cat([torch.ones_like(kv_mask[:, :1]), kv_mask], 1)
         if self.window is None:
             y = global_attention(q, k, v, kv_mask)
         else:
@@ -189,7 +201,7 @@ class VideoBlock(nn.Module):
             self.down_kv = MaskedConv(dim, dim, 3, stride, groups=dim, bias=False)
             self.pool = nn.MaxPool1d(3, stride, padding=1)
         self.self_attn = Attention(dim, heads, window, dropout=dropout)
-        self.cross_attn = Attention(dim, heads, None, dropout=dropout)
+        self.cross_attn = Attention(dim, heads, None, dropout=dropout, null_key=True)
         self.mlp = MLP(dim, ratio, dropout)
         self.ls = nn.ModuleList(LayerScale(dim, layer_scale) for _ in range(3))
         self.drop = DropPath(drop_path)

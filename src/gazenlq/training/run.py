@@ -181,22 +181,43 @@ def load_text(cfg: TrainConfig, tables: list[QueryTable]) -> TextFeatures:
     return TextFeatures(texts, encoder, load_tokenizer(cfg.text))
 
 
+def _configure(cfg: TrainConfig, data: DataPaths, train_table: QueryTable, text_dim: int,
+               variant: str, seed: int) -> TrainConfig:
+    """``cfg`` with the stores' feature widths, the variant and the seed of both stages."""
+    probe = FeatureStore.open(_split_stores(data.stores, train_table)[0])
+    cfg = with_dims(cfg, video_dim=probe.dim("video_features"),
+                    gaze_dim=probe.dim("gaze_features"), text_dim=text_dim, variant=variant)
+    return replace(cfg, stage1=replace(cfg.stage1, seed=seed),
+                   stage2=replace(cfg.stage2, seed=seed))
+
+
+def _tables(data: DataPaths) -> tuple[QueryTable, QueryTable, QueryTable | None]:
+    train_table, val_table = load_queries(data.train), load_queries(data.val)
+    for name, table in (("train", train_table), ("val", val_table)):
+        if not table.with_text():
+            raise GazeNLQError(f"{table.source}: the {name} split has no queries")
+    return train_table, val_table, load_queries(data.test) if data.test else None
+
+
+def train_stage1(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: int,
+                 text_dim: int, resume: bool = False, quiet: bool = False) -> Path:
+    """Stage 1 alone into ``out/stage1`` (for runs of ``variant`` that share it); returns
+    the best checkpoint."""
+    train_table, val_table, _test = _tables(data)
+    cfg = _configure(cfg, data, train_table, text_dim, variant, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    return train_estimator(cfg, data, out, resume=resume, quiet=quiet,
+                           train_table=train_table, val_table=val_table)
+
+
 def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: int,
           resume: bool = False, quiet: bool = False, estimator_ckpt: Path | None = None,
           text: TextFeatures | None = None) -> dict:
     """Train one variant and seed; writes ``out/results.json`` and returns it."""
-    train_table, val_table = load_queries(data.train), load_queries(data.val)
-    test_table = load_queries(data.test) if data.test else None
-    for name, table in (("train", train_table), ("val", val_table)):
-        if not table.with_text():
-            raise GazeNLQError(f"{table.source}: the {name} split has no queries")
-    probe = FeatureStore.open(_split_stores(data.stores, train_table)[0])
+    train_table, val_table, test_table = _tables(data)
     if text is None:
         text = load_text(cfg, [t for t in (train_table, val_table, test_table) if t])
-    cfg = with_dims(cfg, video_dim=probe.dim("video_features"),
-                    gaze_dim=probe.dim("gaze_features"), text_dim=text.dim, variant=variant)
-    cfg = replace(cfg, stage1=replace(cfg.stage1, seed=seed),
-                  stage2=replace(cfg.stage2, seed=seed))
+    cfg = _configure(cfg, data, train_table, text.dim, variant, seed)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"variant": variant, "seed": seed}
     if variant != "none" and estimator_ckpt is None:
