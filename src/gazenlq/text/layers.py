@@ -19,6 +19,13 @@ from gazenlq.errors import GazeNLQError
 NEG = -1e4
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over axis 1 of ``x [B, L, D]`` at the valid (``mask [B, L]``) positions -> ``[B, D]``;
+    rows without any valid position give 0."""
+    m = (mask > 0).unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+
+
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     """OpenAI CLIP's sigmoid approximation of GELU."""
     return x * torch.sigmoid(1.702 * x)

@@ -15,7 +15,7 @@ from torch import nn
 
 from gazenlq.errors import GazeNLQError
 from gazenlq.text.checkpoint import config_from_dict, load_weights, read_checkpoint
-from gazenlq.text.layers import MLP, SelfAttention
+from gazenlq.text.layers import MLP, SelfAttention, masked_mean
 from gazenlq.text.tokenizer import minilm_dir
 
 # HuggingFace BertModel names -> ours.
@@ -123,6 +123,4 @@ class MiniLMEncoder(nn.Module):
                            attention_mask: torch.Tensor) -> torch.Tensor:
         """Masked mean of the token features, L2-normalised ``[B, dim]``: what
         sentence-transformers returns for all-MiniLM-L6-v2 (used to check parity)."""
-        features = self(input_ids, attention_mask)
-        counts = (attention_mask > 0).sum(dim=1, keepdim=True).clamp(min=1).to(features.dtype)
-        return F.normalize(features.sum(dim=1) / counts, dim=-1)
+        return F.normalize(masked_mean(self(input_ids, attention_mask), attention_mask), dim=-1)

@@ -8,12 +8,23 @@ between ``v`` and ``g`` over the steps of a batch + KL(G_gt || G_pred).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gazenlq.training.config import GazeEstimatorConfig
 from gazenlq.training.layers import Attention
+
+
+def cell_shares(maps: torch.Tensor, grid: int) -> torch.Tensor:
+    """``[..., S * S]`` gaze maps (row-major S x S) -> ``[..., grid * grid]``: the mass of
+    each map in each cell of a ``grid`` x ``grid`` layout of the image."""
+    s = math.isqrt(maps.shape[-1])
+    lead = maps.shape[:-1]
+    cells = maps.reshape(*lead, grid, s // grid, grid, s // grid).sum(dim=(-3, -1))
+    return cells.reshape(*lead, grid * grid)
 
 
 class GLU(nn.Module):
@@ -118,8 +129,7 @@ class GazeEstimator(nn.Module):
         parts = [v]
         if self.cfg.grid:
             g = self.cfg.grid
-            b, t, _ = p.shape
-            w = p.view(b, t, g, s // g, g, s // g).sum(dim=(3, 5)).reshape(b, t, g * g)
-            cells = feats.view(b, t, g * g, -1)
+            w = cell_shares(p, g)
+            cells = feats.view(*p.shape[:2], g * g, -1)
             parts.append((w.unsqueeze(-1) * cells).sum(2))
         return torch.cat(parts, -1) * mask.unsqueeze(-1).to(v.dtype)

@@ -84,8 +84,8 @@ def plan(variants: list[str], seeds: list[int], out: Path) -> list[Job]:
     """The jobs in priority order: stage 1 first (the gaze runs wait for it), baselines
     last. Stage 1 lives in the first gaze variant's run directory."""
     first, stage2 = [], []
+    gaze = [v for v in variants if v != "none"]
     for seed in seeds:
-        gaze = [v for v in variants if v != "none"]
         if gaze:
             owner = out / f"{gaze[0]}-s{seed}"
             first.append(Job(f"stage1-s{seed}", gaze[0], seed, owner))

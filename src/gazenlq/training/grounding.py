@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 
+from gazenlq.text.layers import masked_mean
 from gazenlq.training.config import GroundingConfig
 from gazenlq.training.layers import (
     MLP,
@@ -100,8 +101,7 @@ class QueryGate(nn.Module):
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
                 gaze_ctx: torch.Tensor | None = None) -> torch.Tensor:
-        m = text_mask.unsqueeze(-1).to(text.dtype)
-        q = (text * m).sum(1) / m.sum(1).clamp(min=1.0)
+        q = masked_mean(text, text_mask)
         out = x + x * self.proj(q).unsqueeze(1)
         if self.gaze_proj is not None:
             out = out + gaze_ctx * self.gaze_proj(q).unsqueeze(1)

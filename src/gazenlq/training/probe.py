@@ -25,14 +25,14 @@ from gazenlq.synth.dataset import MANIFEST, plan_sessions, session_timeline, sto
 from gazenlq.synth.world import World
 from gazenlq.training import checkpoint
 from gazenlq.training.config import TrainConfig
-from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.estimator import GazeEstimator, cell_shares
 
 
-def cell_weights(maps: np.ndarray, grid: int = GRID_SIDE) -> np.ndarray:
-    """``[T, S, S]`` gaze maps -> ``[T, grid * grid]`` share of each map in each cell."""
-    t, s, _ = maps.shape
-    w = maps.reshape(t, grid, s // grid, grid, s // grid).sum(axis=(2, 4)).reshape(t, -1)
-    return w / np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+def cell_weights(maps: torch.Tensor) -> np.ndarray:
+    """``[T, S, S]`` gaze maps -> ``[T, cells]`` weights: each map's share in each cell, as
+    the gaze tokens pool them (an empty map, e.g. untracked, gives zeros)."""
+    w = cell_shares(maps.flatten(1).double(), GRID_SIDE)
+    return (w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)).numpy()
 
 
 def identification_rates(data: Path, estimator: GazeEstimator | None = None,
@@ -41,7 +41,6 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
     interactions scored."""
     cfg = EgoSimConfig.from_dict(json.loads((data / MANIFEST).read_text())["config"])
     world = World.build(cfg.seed, cfg.video_dim, cfg.cell_dim, cfg.difficulty.text_align)
-    objects = world.cell_object / np.linalg.norm(world.cell_object, axis=1, keepdims=True)
     modes = ["uniform", "true"] + (["predicted"] if estimator is not None else [])
     hits: dict[str, list[bool]] = {m: [] for m in modes}
     for plan in plan_sessions(cfg):
@@ -53,13 +52,13 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
         cells = store.read(GAZE_INPUT, 0, n).astype(np.float32).reshape(
             n, GRID_SIDE * GRID_SIDE, cfg.cell_dim)
         weights = {"uniform": np.full((n, GRID_SIDE * GRID_SIDE), 1 / GRID_SIDE**2),
-                   "true": cell_weights(np.nan_to_num(
-                       store.read(GAZE_MAPS, 0, n).astype(np.float64)))}
+                   "true": cell_weights(torch.from_numpy(np.nan_to_num(
+                       store.read(GAZE_MAPS, 0, n))))}
         if estimator is not None:
             with torch.no_grad():
                 maps = estimator.predict_maps(torch.from_numpy(cells.reshape(1, n, -1)),
                                               torch.ones(1, n, dtype=torch.bool))[0]
-            weights["predicted"] = cell_weights(maps.double().numpy())
+            weights["predicted"] = cell_weights(maps)
         first, last = cfg.grid.step_bounds_s(np.arange(n))
         for e in tl.events:
             scene = int(np.searchsorted(tl.scene_start, e.start_s + 1e-9)) - 1
@@ -69,7 +68,7 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
                 continue
             for mode in modes:
                 pooled = np.einsum("tc,tcd->d", weights[mode][steps], cells[steps])
-                sims = objects[visible] @ (pooled / np.linalg.norm(pooled))
+                sims = world.cell_object[visible] @ (pooled / np.linalg.norm(pooled))
                 hits[mode].append(bool(np.argmax(sims) == 0))  # slot 0: the handled one
     out: dict[str, float | int] = {m: float(np.mean(v)) if v else float("nan")
                                    for m, v in hits.items()}

@@ -191,19 +191,20 @@ def _configure(cfg: TrainConfig, data: DataPaths, train_table: QueryTable, text_
                    stage2=replace(cfg.stage2, seed=seed))
 
 
-def _tables(data: DataPaths) -> tuple[QueryTable, QueryTable, QueryTable | None]:
+def _tables(data: DataPaths) -> tuple[QueryTable, QueryTable]:
+    """The train and val query tables (both must have queries)."""
     train_table, val_table = load_queries(data.train), load_queries(data.val)
     for name, table in (("train", train_table), ("val", val_table)):
         if not table.with_text():
             raise GazeNLQError(f"{table.source}: the {name} split has no queries")
-    return train_table, val_table, load_queries(data.test) if data.test else None
+    return train_table, val_table
 
 
 def train_stage1(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: int,
                  text_dim: int, resume: bool = False, quiet: bool = False) -> Path:
     """Stage 1 alone into ``out/stage1`` (for runs of ``variant`` that share it); returns
     the best checkpoint."""
-    train_table, val_table, _test = _tables(data)
+    train_table, val_table = _tables(data)
     cfg = _configure(cfg, data, train_table, text_dim, variant, seed)
     out.mkdir(parents=True, exist_ok=True)
     return train_estimator(cfg, data, out, resume=resume, quiet=quiet,
@@ -214,7 +215,8 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
           resume: bool = False, quiet: bool = False, estimator_ckpt: Path | None = None,
           text: TextFeatures | None = None) -> dict:
     """Train one variant and seed; writes ``out/results.json`` and returns it."""
-    train_table, val_table, test_table = _tables(data)
+    train_table, val_table = _tables(data)
+    test_table = load_queries(data.test) if data.test else None
     if text is None:
         text = load_text(cfg, [t for t in (train_table, val_table, test_table) if t])
     cfg = _configure(cfg, data, train_table, text.dim, variant, seed)
