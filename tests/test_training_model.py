@@ -19,6 +19,7 @@ from gazenlq.training.targets import (
     focal_loss,
     grounding_loss,
     point_grid,
+    saliency_loss,
 )
 
 TINY = GroundingConfig(video_dim=12, text_dim=10, hidden=16, heads=2, window=5, text_blocks=1,
@@ -73,8 +74,10 @@ def test_query_gate_starts_as_identity_and_ignores_padded_words():
     gate = QueryGate(4)
     x, text = torch.randn(2, 7, 4), torch.randn(2, 3, 4)
     mask = torch.tensor([[True, True, True], [True, False, False]])
-    torch.testing.assert_close(gate(x, text, mask), x)
-    gate(x, text, mask).square().sum().backward()
+    out, match = gate(x, text, mask)
+    torch.testing.assert_close(out, x)
+    torch.testing.assert_close(match, torch.zeros(2, 7))
+    gate(x, text, mask)[0].square().sum().backward()
     assert gate.proj.weight.grad.abs().sum() > 0  # zero-initialised, yet it learns
     torch.nn.init.normal_(gate.proj.weight)
     noisy = text.clone()
@@ -82,16 +85,42 @@ def test_query_gate_starts_as_identity_and_ignores_padded_words():
     with torch.no_grad():
         torch.testing.assert_close(gate(x, noisy, mask), gate(x, text, mask))
         q = text[1, :1].mean(0)
-        torch.testing.assert_close(gate(x, text, mask)[1], x[1] * (1 + gate.proj(q)))
+        out, match = gate(x, text, mask)
+        torch.testing.assert_close(out[1], x[1] * (1 + gate.proj(q)))
+        # the match score is the gate's product summed over channels, / sqrt(D)
+        torch.testing.assert_close(match[1], (x[1] * gate.proj(q)).sum(-1) / 2)
     # the gaze variants' gate adds the gaze context times its own query vector
     gaze_gate = QueryGate(4, gaze=True)
     ctx = torch.randn(2, 7, 4)
-    torch.testing.assert_close(gaze_gate(x, text, mask, ctx), x)
+    torch.testing.assert_close(gaze_gate(x, text, mask, ctx)[0], x)
     torch.nn.init.normal_(gaze_gate.gaze_proj.weight)
     with torch.no_grad():
         q = text[0].mean(0)
-        torch.testing.assert_close(gaze_gate(x, text, mask, ctx)[0],
-                                   x[0] + ctx[0] * gaze_gate.gaze_proj(q))
+        out, match = gaze_gate(x, text, mask, ctx)
+        torch.testing.assert_close(out[0], x[0] + ctx[0] * gaze_gate.gaze_proj(q))
+        torch.testing.assert_close(match[0], (ctx[0] * gaze_gate.gaze_proj(q)).sum(-1) / 2)
+
+
+def test_saliency_loss_known_values():
+    zeros = torch.zeros(3, 4)
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[2, 3] = False
+    # step centres 0.5 .. 3.5: [1, 3] holds steps 1 and 2; [2.1, 2.3] only the step of its
+    # centre (2); on the padded row the softmax runs over 3 steps
+    gt = torch.tensor([[1.0, 3.0], [2.1, 2.3], [1.0, 3.0]])
+    for row, want in enumerate([math.log(2), math.log(4), math.log(1.5)]):
+        got = saliency_loss(zeros[row:row + 1], mask[row:row + 1], gt[row:row + 1])
+        torch.testing.assert_close(got, torch.tensor(want))
+    # raising the scores inside the answer lowers the loss towards 0; padding is ignored
+    scores = torch.zeros(1, 4, requires_grad=True)
+    loss = saliency_loss(scores, mask[:1], gt[:1])
+    loss.backward()
+    assert scores.grad[0, 1] < 0 and scores.grad[0, 2] < 0 and scores.grad[0, 0] > 0
+    high = torch.tensor([[0.0, 30.0, 30.0, 0.0]])
+    assert float(saliency_loss(high, mask[:1], gt[:1])) < 1e-9
+    padded = torch.tensor([[0.0, 0.0, 0.0, 1e4]])
+    torch.testing.assert_close(saliency_loss(padded, mask[2:], gt[2:]),
+                               torch.tensor(math.log(1.5)))
 
 
 def _inputs(t: int, valid: int, q: int = 3, seed: int = 0):
@@ -197,6 +226,24 @@ def test_loss_decreases_on_a_fixed_batch():
         opt.step()
         losses.append(float(out["loss"].detach()))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_saliency_term_joins_the_loss_only_when_weighted():
+    torch.manual_seed(0)
+    cfg = replace(TINY, saliency_weight=0.5)
+    model = GroundingModel(cfg)
+    video, mask, tokens, tmask = _inputs(64, 60)
+    gt = torch.tensor([[10.0, 14.0], [30.0, 41.0], [2.0, 5.0]])
+    v, _ = model.embed_video(video, mask)
+    logits, dists, pmask, match = model.ground(v, None, mask, tokens, tmask, with_match=True)
+    assert match.shape == (3, 64)
+    plain = grounding_loss(logits, dists, pmask, gt, TINY, PositiveNormaliser(init=5.0))
+    both = grounding_loss(logits, dists, pmask, gt, cfg, PositiveNormaliser(init=5.0),
+                          match=match, step_mask=mask)
+    torch.testing.assert_close(both["saliency"], saliency_loss(match, mask, gt))
+    torch.testing.assert_close(both["loss"], plain["loss"] + 0.5 * both["saliency"])
+    # without the flag ground() keeps the three outputs the exported graph has
+    assert len(model.ground(v, None, mask, tokens, tmask)) == 3
 
 
 def test_estimator_losses_and_tokens():

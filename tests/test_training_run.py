@@ -66,7 +66,18 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
-def test_killed_run_resumes_to_identical_weights(tiny_data, text, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Bit-exact comparisons run on one thread: with several, MKL may split a GEMM
+    differently from run to run when the machine is busy (MKL_DYNAMIC), which changes the
+    last bits of sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_killed_run_resumes_to_identical_weights(tiny_data, text, tmp_path, one_thread):
     cfg = tiny_config()
     full = train(cfg, tiny_data, tmp_path / "full", variant="gaze", seed=3, text=text,
                  quiet=True)
@@ -175,3 +186,37 @@ def test_probe_true_gaze_names_the_handled_object_far_more_often_than_pooling(ti
     # EgoSim's premise: where the wearer looks tells which visible object is handled
     assert rates["true"] > rates["uniform"] + 0.3
     assert 0.0 <= rates["predicted"] <= 1.0
+
+
+def test_gaze_token_cache_matches_the_estimator_and_is_reused(tiny_data, text, tmp_path):
+    from gazenlq.training.gaze_cache import GazeTokens
+    from gazenlq.training.grounding import GroundingModel
+    from gazenlq.training.infer import clip_inputs, predict
+    from gazenlq.training.model import with_dims
+
+    cfg = with_dims(tiny_config(), video_dim=256, gaze_dim=512, text_dim=text.dim,
+                    variant="gaze")
+    torch.manual_seed(0)
+    est = GazeEstimator(cfg.estimator).eval()
+    items = clip_items(load_queries(tiny_data.val), tiny_data.stores)
+    path = tmp_path / "tokens.zarr"
+    cache = GazeTokens.build(path, est, items, negative=False, multiple=4, quiet=True)
+    for item in items:  # whole-clip tokens, exactly as inference computes them
+        _, _, want = clip_inputs(item, 4, est, False)
+        np.testing.assert_array_equal(cache.read(item.clip_uid), want[0, :item.length].numpy())
+        np.testing.assert_array_equal(cache.read(item.clip_uid, 5, 20),
+                                      want[0, 5:20].numpy())
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert GazeTokens.build(path, est, items, negative=False, multiple=4, quiet=True
+                            ).fingerprint == cache.fingerprint
+    assert (path / "zarr.json").stat().st_mtime_ns == stamp  # reused, not recomputed
+    neg = GazeTokens.build(path, est, items, negative=True, multiple=4, quiet=True)
+    assert neg.fingerprint != cache.fingerprint  # another variant: rebuilt
+    _, _, inverted = clip_inputs(items[0], 4, est, True)
+    np.testing.assert_array_equal(neg.read(items[0].clip_uid),
+                                  inverted[0, :items[0].length].numpy())
+    # validation through the cache gives the same predictions as running the estimator
+    model = GroundingModel(cfg.grounding, est.token_dim).eval()
+    cache = GazeTokens.build(path, est, items, negative=False, multiple=4, quiet=True)
+    assert predict(model, est, items, text) == predict(model, est, items, text,
+                                                       gaze_tokens=cache)

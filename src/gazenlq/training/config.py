@@ -59,6 +59,9 @@ class GroundingConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.1
     prior_prob: float = 0.01
+    saliency_weight: float = 0.0
+    """Weight of the saliency loss on the query gate's match scores (0: GroundNLQ's losses
+    only; ``targets.saliency_loss``)."""
 
     @property
     def levels(self) -> int:
@@ -141,7 +144,7 @@ PRESETS: dict[str, TrainConfig] = {
         estimator=GazeEstimatorConfig(hidden=128, glu_layers=5, heads=4, embed_dim=128),
         grounding=GroundingConfig(hidden=96, heads=4, text_blocks=1, stem_blocks=2,
                                   branch_blocks=6, mlp_ratio=2, drop_path=0.0,
-                                  max_len=2560, layer_scale=0.1),
+                                  max_len=2560, layer_scale=0.1, saliency_weight=1.0),
         stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=2, warmup_epochs=1,
                            batch_size=16, ema_decay=0.99),
         stage2=OptimConfig(lr=2e-3, weight_decay=0.05, epochs=4, warmup_epochs=1,

@@ -87,12 +87,17 @@ class GroundingDataset(torch.utils.data.Dataset):
     other queries of the window. Answers longer than ``max_len`` never fit a window and
     are left out of training (about 1 % of Ego4D answers at 256 steps). Windows without
     any answer carry no queries (the trainer skips batches without queries).
+
+    ``with_gaze`` adds the gaze-estimator input features (``gaze``); ``gaze_tokens`` (a
+    ``gaze_cache.GazeTokens``) adds the frozen estimator's tokens read from its cache
+    (``gaze_tokens``) instead.
     """
 
     def __init__(self, items: list[ClipItem], query_ids: dict[str, int], *,
-                 max_len: int | None, with_gaze: bool, seed: int) -> None:
+                 max_len: int | None, with_gaze: bool, seed: int, gaze_tokens=None) -> None:
         self.clips, self.query_ids = items, query_ids
         self.max_len, self.with_gaze, self.seed = max_len, with_gaze, seed
+        self.gaze_tokens = gaze_tokens
         self.tiles = [(c, k) for c, item in enumerate(items)
                       for k in range(1 if max_len is None else -(-item.length // max_len) + 1)]
         self.epoch = 0
@@ -122,6 +127,8 @@ class GroundingDataset(torch.utils.data.Dataset):
                "answers": ans[inside].reshape(-1, 2)}
         if self.with_gaze:
             out["gaze"] = store.read(GAZE_INPUT, s0, s1).astype(np.float32)
+        if self.gaze_tokens is not None:
+            out["gaze_tokens"] = self.gaze_tokens.read(item.clip_uid, start, start + length)
         return out
 
 
@@ -167,27 +174,23 @@ class GroundingCollate:
     def __call__(self, items: list[dict]) -> dict[str, torch.Tensor]:
         t = pad_to(max(len(it["video"]) for it in items), self.multiple)
         c = len(items)
-        video = torch.zeros(c, t, items[0]["video"].shape[1])
         mask = torch.zeros(c, t, dtype=torch.bool)
-        gaze = torch.zeros(c, t, items[0]["gaze"].shape[1]) if "gaze" in items[0] else None
+        steps = {k: torch.zeros(c, t, items[0][k].shape[1])
+                 for k in ("video", "gaze", "gaze_tokens") if k in items[0]}
         clip_of, answers, qids = [], [], []
         for j, it in enumerate(items):
             n = len(it["video"])
-            video[j, :n] = torch.from_numpy(it["video"])
+            for k, padded in steps.items():
+                padded[j, :n] = torch.from_numpy(it[k])
             mask[j, :n] = True
-            if gaze is not None:
-                gaze[j, :n] = torch.from_numpy(it["gaze"])
             clip_of += [j] * len(it["queries"])
             answers.append(it["answers"])
             qids += it["queries"]
         tokens, text_mask = self.text.batch(qids) if qids else (
             torch.zeros(0, 1, self.text.dim), torch.zeros(0, 1, dtype=torch.bool))
-        out = {"video": video, "mask": mask, "clip_of": torch.tensor(clip_of),
-               "answers": torch.from_numpy(np.concatenate(answers)).float(),
-               "tokens": tokens, "text_mask": text_mask}
-        if gaze is not None:
-            out["gaze"] = gaze
-        return out
+        return {**steps, "mask": mask, "clip_of": torch.tensor(clip_of),
+                "answers": torch.from_numpy(np.concatenate(answers)).float(),
+                "tokens": tokens, "text_mask": text_mask}
 
 
 class GazeWindows(torch.utils.data.Dataset):

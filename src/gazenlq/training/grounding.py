@@ -100,12 +100,15 @@ class QueryGate(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                gaze_ctx: torch.Tensor | None = None) -> torch.Tensor:
+                gaze_ctx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> gated steps ``[Q, T, D]`` and each step's match score with the query
+        ``[Q, T]``: the sum of the products over the channels, ``x . W q (+ g . W_g q)``,
+        scaled by ``1/sqrt(D)`` (what the saliency loss trains; ``saliency_loss``)."""
         q = masked_mean(text, text_mask)
-        out = x + x * self.proj(q).unsqueeze(1)
+        prod = x * self.proj(q).unsqueeze(1)
         if self.gaze_proj is not None:
-            out = out + gaze_ctx * self.gaze_proj(q).unsqueeze(1)
-        return out
+            prod = prod + gaze_ctx * self.gaze_proj(q).unsqueeze(1)
+        return x + prod, prod.sum(-1) / math.sqrt(x.shape[-1])
 
 
 class GroundingModel(nn.Module):
@@ -168,16 +171,18 @@ class GroundingModel(nn.Module):
         return t
 
     def ground(self, video_emb: torch.Tensor, gaze_emb: torch.Tensor | None, mask: torch.Tensor,
-               tokens: torch.Tensor, text_mask: torch.Tensor
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               tokens: torch.Tensor, text_mask: torch.Tensor, with_match: bool = False
+               ) -> tuple[torch.Tensor, ...]:
         """Per-query part -> ``logits [B, M]``, ``distances [B, M, 2]`` (in units of each
-        level's stride), ``point_mask [B, M]``."""
+        level's stride), ``point_mask [B, M]`` and, with ``with_match`` (training), the
+        query gate's per-step match scores ``[B, T]``."""
         text = self.encode_text(tokens, text_mask)
         x = video_emb
         if self.fusion is not None:
             x = self.fusion(x, gaze_emb, mask, text, text_mask)
+        match = None
         if self.gate is not None:
-            x = self.gate(x, text, text_mask, gaze_emb)
+            x, match = self.gate(x, text, text_mask, gaze_emb)
         for block in self.stem:
             x, mask = block(x, mask, text, text_mask)
         feats, masks = [], []
@@ -190,7 +195,12 @@ class GroundingModel(nn.Module):
             masks.append(mask)
         if not self.branch:
             feats, masks = [x], [mask]
-        return (*self.heads(feats, masks), torch.cat(masks, 1))
+        out = (*self.heads(feats, masks), torch.cat(masks, 1))
+        if with_match:
+            if match is None:
+                raise ValueError("match scores need the query gate (query_gate=True)")
+            return (*out, match)
+        return out
 
     def heads(self, feats: list[torch.Tensor], masks: list[torch.Tensor]
               ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,10 +21,12 @@ from gazenlq.training.grounding import GroundingModel, level_sizes
 
 @torch.no_grad()
 def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
-                negative: bool, device: torch.device = torch.device("cpu")
+                negative: bool, device: torch.device = torch.device("cpu"),
+                cached: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A clip's padded video features ``[1, T, Dv]``, mask and gaze tokens (or None), on
-    ``device``."""
+    ``device``; ``cached`` gaze tokens ``[n, D]`` (``gaze_cache``) stand in for running
+    the estimator."""
     store = FeatureStore.open(item.store)
     n = item.length
     t = pad_to(n, multiple)
@@ -34,7 +36,11 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
     mask[0, :n] = True
     video, mask = video.to(device), mask.to(device)
     gaze = None
-    if estimator is not None:
+    if cached is not None:
+        gaze = torch.zeros(1, t, cached.shape[1])
+        gaze[0, :n] = torch.from_numpy(cached)
+        gaze = gaze.to(device)
+    elif estimator is not None:
         feats = torch.zeros(1, t, store.dim(GAZE_INPUT))
         feats[0, :n] = torch.from_numpy(
             store.read(GAZE_INPUT, item.first, item.stop).astype(np.float32))
@@ -45,8 +51,9 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
 @torch.no_grad()
 def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[ClipItem],
             text: TextFeatures, post: PostprocessConfig | None = None,
-            chunk: int = 32) -> list[Entry]:
-    """Top-k windows (clip seconds) for every query of ``items``."""
+            chunk: int = 32, gaze_tokens=None) -> list[Entry]:
+    """Top-k windows (clip seconds) for every query of ``items``; ``gaze_tokens`` (a
+    ``gaze_cache.GazeTokens`` holding these clips) replaces running the estimator."""
     model.eval()
     device = model_device(model)
     post = post or PostprocessConfig()
@@ -57,9 +64,11 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
         if pad_to(item.length, cfg.length_multiple) > cfg.max_len:
             raise GazeNLQError(f"clip {item.clip_uid}: {item.length} steps exceed the model's "
                                f"max_len {cfg.max_len}; search it in windows with gaze-search")
+        uses_gaze = cfg.gaze != "none"
+        cached = gaze_tokens.read(item.clip_uid) if uses_gaze and gaze_tokens else None
         video, mask, gaze = clip_inputs(item, cfg.length_multiple,
-                                        estimator if cfg.gaze != "none" else None, negative,
-                                        device)
+                                        estimator if uses_gaze else None, negative, device,
+                                        cached)
         grid = FeatureStore.open(item.store).info.grid
         v, g = model.embed_video(video, mask, gaze)
         sizes = level_sizes(video.shape[1], cfg.levels)

@@ -27,6 +27,7 @@ from gazenlq.training.data import (
 )
 from gazenlq.training.device import model_device, resolve_device
 from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.gaze_cache import GazeTokens
 from gazenlq.training.infer import predict
 from gazenlq.training.model import GazeNLQ, with_dims
 from gazenlq.training.targets import PositiveNormaliser, grounding_loss
@@ -126,15 +127,20 @@ def train_estimator(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
 def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
                    ) -> dict[str, torch.Tensor]:
     """Stage-2 losses of one collated batch: one video pass per window, one grounding pass
-    per query (``batch["clip_of"]`` maps queries to windows)."""
-    uses_gaze = model.estimator is not None
-    gaze = model.gaze_tokens(batch["gaze"], batch["mask"]) if uses_gaze else None
+    per query (``batch["clip_of"]`` maps queries to windows). Gaze tokens come from the
+    batch when cached (frozen estimator), else from the estimator."""
+    gaze = batch.get("gaze_tokens")
+    if gaze is None and model.estimator is not None:
+        gaze = model.gaze_tokens(batch["gaze"], batch["mask"])
     v, g = model.grounding.embed_video(batch["video"], batch["mask"], gaze)
     idx = batch["clip_of"]
-    logits, dists, pmask = model.grounding.ground(
-        v[idx], None if g is None else g[idx], batch["mask"][idx], batch["tokens"],
-        batch["text_mask"])
-    return grounding_loss(logits, dists, pmask, batch["answers"], model.cfg.grounding, norm)
+    cfg = model.cfg.grounding
+    saliency = cfg.saliency_weight > 0
+    mask = batch["mask"][idx]
+    out = model.grounding.ground(v[idx], None if g is None else g[idx], mask,
+                                 batch["tokens"], batch["text_mask"], with_match=saliency)
+    return grounding_loss(*out[:3], batch["answers"], cfg, norm,
+                          match=out[3] if saliency else None, step_mask=mask)
 
 
 def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool, quiet: bool,
@@ -149,16 +155,23 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         model.estimator.load_state_dict(checkpoint.load_weights(estimator_ckpt))
     train_items = clip_items(train_table, data.stores)
     val_items = clip_items(val_table, data.stores)
-    uses_gaze = model.estimator is not None
+    tokens = None
+    if model.estimator is not None and cfg.freeze_estimator:
+        tokens = GazeTokens.build(out / "gaze_tokens.zarr", model.estimator.to(
+            resolve_device(cfg.device)), train_items + val_items,
+            negative=cfg.grounding.gaze == "neg_gaze",
+            multiple=cfg.grounding.length_multiple, quiet=quiet)
     dataset = GroundingDataset(train_items, text.index, max_len=cfg.train_max_len,
-                               with_gaze=uses_gaze, seed=cfg.stage2.seed)
+                               with_gaze=model.estimator is not None and tokens is None,
+                               seed=cfg.stage2.seed, gaze_tokens=tokens)
     norm = PositiveNormaliser()
 
     def step(m: GazeNLQ, batch: dict) -> dict[str, torch.Tensor]:
         return grounding_step(m, batch, norm)
 
     def validate(m: GazeNLQ) -> dict[str, float]:
-        return _recall_metrics(predict(m.grounding, m.estimator, val_items, text), val_table)
+        return _recall_metrics(predict(m.grounding, m.estimator, val_items, text,
+                                       gaze_tokens=tokens), val_table)
 
     stage = trainer.Stage(
         name=f"stage2-{cfg.grounding.gaze}", model=model, optim=cfg.stage2, dataset=dataset,

@@ -87,12 +87,39 @@ class PositiveNormaliser:
         return self.value
 
 
+def saliency_loss(scores: torch.Tensor, mask: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Multi-positive InfoNCE over the steps of each query's window: the steps inside its
+    answer against all valid steps (Moment-DETR / UniVTG-style saliency supervision).
+
+    ``scores [Q, T]``, ``mask [Q, T]``, ``gt [Q, 2]`` in steps. A step is inside when its
+    centre (``t + 0.5``) lies in the answer; an answer shorter than a step gets the step
+    that holds its centre. Dense supervision of which steps match the query: the focal
+    loss sees only a few centre points per query. Returns the mean over queries."""
+    t = torch.arange(scores.shape[1], device=scores.device, dtype=scores.dtype) + 0.5
+    inside = (t >= gt[:, :1]) & (t <= gt[:, 1:]) & mask
+    centre = torch.clamp(gt.mean(1).floor().long(), 0, scores.shape[1] - 1)
+    rows = torch.arange(len(gt), device=scores.device)
+    inside[rows, centre] |= mask[rows, centre]
+    neg_inf = torch.finfo(scores.dtype).min
+    all_ = torch.logsumexp(scores.masked_fill(~mask, neg_inf), dim=1)
+    pos = torch.logsumexp(scores.masked_fill(~inside, neg_inf), dim=1)
+    return (all_ - pos).mean()
+
+
 def grounding_loss(logits: torch.Tensor, dists: torch.Tensor, point_mask: torch.Tensor,
-                   gt: torch.Tensor, cfg: GroundingConfig, norm: PositiveNormaliser
+                   gt: torch.Tensor, cfg: GroundingConfig, norm: PositiveNormaliser,
+                   match: torch.Tensor | None = None, step_mask: torch.Tensor | None = None
                    ) -> dict[str, torch.Tensor]:
+    """Focal + DIoU losses (normalised by the moving positive count), plus
+    ``cfg.saliency_weight`` times the saliency loss of ``match`` when given."""
     labels, reg = assign(gt, point_mask, cfg)
     pos = labels > 0
     n = norm.update(float(pos.sum()))
     cls = focal_loss(logits, labels, point_mask.float(), cfg) / n
     box = diou_loss(dists[pos], reg[pos]) / n
-    return {"loss": cls + box, "cls": cls.detach(), "reg": box.detach()}
+    out = {"loss": cls + box, "cls": cls.detach(), "reg": box.detach()}
+    if match is not None and cfg.saliency_weight > 0:
+        sal = saliency_loss(match, step_mask, gt)
+        out["loss"] = out["loss"] + cfg.saliency_weight * sal
+        out["saliency"] = sal.detach()
+    return out
