@@ -74,6 +74,22 @@ def test_json_with_custom_k_and_iou(capsys, preds, gt):
     assert len(data["warnings"]) == 2
 
 
+def test_by_template_rows_and_json(capsys, tmp_path, preds):
+    path = tmp_path / "gt_t.json"
+    write_queries(path, [Query("c0", "v0", "a0", i, f"where is thing {i}?",
+                               "where" if i < 2 else "which", (0.0, 480.0), (10.0, 20.0),
+                               (10.0, 20.0)) for i in range(3)])
+    out, _ = run_ok(capsys, preds, path, "--by-template")
+    rows = [line.split() for line in out.splitlines()[2:]]
+    assert rows[0] == ["all", "66.67", "66.67", "100.00", "66.67", "66.67", "3"]
+    # "where": queries 0 (rank-1 hit) and 1 (twice: a rank-2 hit at IoU 0.4, a rank-1 hit)
+    assert rows[1] == ["where", "66.67", "66.67", "100.00", "66.67", "66.67", "3"]
+    assert len(rows) == 2  # "which" has no prediction: no row
+    data = json.loads(run_ok(capsys, preds, path, "--by-template", "--json")[0])
+    assert list(data["templates"]) == ["where"]
+    assert data["templates"]["where"]["num_ground_truth"] == 2
+
+
 def test_clean_run_has_no_warnings(capsys, tmp_path, gt):
     path = tmp_path / "all.json"
     write_submission(path, [Entry("c0", "a0", i, ((10.0, 20.0),)) for i in range(3)])

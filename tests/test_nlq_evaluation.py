@@ -258,3 +258,24 @@ def test_real_val_against_itself(tmp_path):
     assert set(result.recall) == {(1, 0.3), (1, 0.5), (5, 0.3), (5, 0.5)}
     assert result.miou == pytest.approx(100.0)
     assert result.warnings() == []
+
+
+def test_by_template_scores_each_template_against_its_own_queries():
+    from gazenlq.nlq.evaluation import NO_TEMPLATE, evaluate_by_template
+
+    templates = ["where", "where", "who", None]
+    gt = QueryTable("gt.json", tuple(
+        Query("c", "v", "a", i, f"q{i}", t, (0.0, 100.0), (10.0, 20.0), (10.0, 20.0))
+        for i, t in enumerate(templates)), ("c",))
+    entries = [entry(0, (10.0, 20.0)), entry(1, (50.0, 60.0)), entry(3, (11.0, 19.0))]
+    res = evaluate_by_template(entries, gt)
+    assert list(res) == ["where", NO_TEMPLATE]  # most entries first; "who" has none
+    assert res["where"].recall[(1, 0.3)] == 50.0 and res["where"].num_entries == 2
+    assert res["where"].num_ground_truth == 2 and not res["where"].missing
+    assert res[NO_TEMPLATE].recall[(1, 0.5)] == 100.0
+    # the overall result is the entry-weighted mean of the templates'
+    overall = evaluate(entries, gt).recall[(1, 0.3)]
+    assert overall == pytest.approx(sum(r.recall[(1, 0.3)] * r.num_entries
+                                        for r in res.values()) / len(entries))
+    with pytest.raises(AnnotationError, match="unknown query"):
+        evaluate_by_template([entry(9, (0.0, 1.0))], gt)

@@ -82,6 +82,13 @@ def test_killed_run_resumes_to_identical_weights(tiny_data, text, tmp_path, one_
     full = train(cfg, tiny_data, tmp_path / "full", variant="gaze", seed=3, text=text,
                  quiet=True)
     assert set(full) >= {"stage1", "val", "test", "parameters"}
+    # the test predictions are a submission that scores as results.json says
+    from gazenlq.nlq.evaluation import evaluate
+    from gazenlq.nlq.submission import load_submission
+
+    scored = evaluate(load_submission(tmp_path / "full" / "test_predictions.json"),
+                      load_queries(tiny_data.test))
+    assert scored.recall[(5, 0.3)] == pytest.approx(full["test"]["R5@0.3"])
     # kill after stage 2's first epoch: a finished stage 1 and an epoch-1 checkpoint remain
     from gazenlq.training import run as run_mod
 

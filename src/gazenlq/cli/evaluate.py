@@ -10,7 +10,13 @@ import typer
 
 from gazenlq.cli.common import make_app, print_json, print_table, run
 from gazenlq.nlq.annotations import load_queries
-from gazenlq.nlq.evaluation import DEFAULT_KS, DEFAULT_THRESHOLDS, EvalResult, evaluate
+from gazenlq.nlq.evaluation import (
+    DEFAULT_KS,
+    DEFAULT_THRESHOLDS,
+    EvalResult,
+    evaluate,
+    evaluate_by_template,
+)
 from gazenlq.nlq.submission import load_submission
 
 app = make_app("Score an Ego4D NLQ submission file (Recall@K at IoU thresholds, mIoU).")
@@ -23,6 +29,8 @@ def evaluate_command(
     k: list[int] = typer.Option(None, "--k", help="Recall@K cut-off; repeatable [1, 5]."),
     iou: list[float] = typer.Option(None, "--iou", help="IoU threshold; repeatable [0.3, 0.5]."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object, not a table."),
+    by_template: bool = typer.Option(False, "--by-template", help="Add one row per query "
+                                     "template (JSON: a 'templates' object)."),
 ) -> None:
     """Validate PREDICTIONS, evaluate it against GROUND_TRUTH and print the scores.
 
@@ -31,20 +39,33 @@ def evaluate_command(
     stderr.
     """
     entries = load_submission(predictions)
-    result = evaluate(entries, load_queries(ground_truth), ks=k or DEFAULT_KS,
-                      thresholds=iou or DEFAULT_THRESHOLDS, source=str(predictions))
+    table = load_queries(ground_truth)
+    settings = {"ks": k or DEFAULT_KS, "thresholds": iou or DEFAULT_THRESHOLDS,
+                "source": str(predictions)}
+    result = evaluate(entries, table, **settings)
+    templates = evaluate_by_template(entries, table, **settings) if by_template else {}
     for warning in result.warnings():
         print(f"warning: {warning}", file=sys.stderr)
     if as_json:
-        print_json(result.to_dict())
+        out = result.to_dict()
+        if by_template:
+            out["templates"] = {name: r.to_dict() for name, r in templates.items()}
+        print_json(out)
     else:
-        _print_result(result)
+        _print_result(result, templates)
 
 
-def _print_result(result: EvalResult) -> None:
+def _print_result(result: EvalResult, templates: dict[str, EvalResult]) -> None:
     names = [result.recall_name(k, t) for k, t in result.recall]
-    values = [f"{v:.2f}" for v in result.recall.values()]
-    print_table([*names, "mIoU", "entries"], [[*values, f"{result.miou:.2f}", result.num_entries]])
+
+    def row(r: EvalResult) -> list:
+        return [*(f"{v:.2f}" for v in r.recall.values()), f"{r.miou:.2f}", r.num_entries]
+
+    rows = [row(result)]
+    if templates:
+        rows = [["all", *rows[0]], *([name, *row(r)] for name, r in templates.items())]
+        names = ["template", *names]
+    print_table([*names, "mIoU", "entries"], rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -115,6 +115,32 @@ def evaluate(entries: Sequence[Entry], ground_truth: QueryTable, *,
         num_entries=len(entries), num_ground_truth=len(gt),
         missing=tuple(k for k in gt if k not in counts),
         duplicates=tuple(k for k, n in counts.items() if n > 1))
+
+
+NO_TEMPLATE = "(no template)"
+
+
+def evaluate_by_template(entries: Sequence[Entry], ground_truth: QueryTable, *,
+                         ks: Sequence[int] = DEFAULT_KS,
+                         thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                         source: str = "predictions") -> dict[str, EvalResult]:
+    """``evaluate`` per query template (Ego4D NLQ's ``template`` field; queries without
+    one under ``NO_TEMPLATE``), most frequent template first. Each template is scored
+    against its own ground-truth queries, so coverage warnings stay per template."""
+    gt = ground_truth.by_key()
+    groups: dict[str, list[Entry]] = {}
+    for i, entry in enumerate(entries):
+        query = gt.get(entry.key)
+        if query is None:
+            raise AnnotationError(f"{source}: results[{i}]: unknown query "
+                                  f"{_fmt_key(entry.key)} (not in {ground_truth.source})")
+        groups.setdefault(query.template or NO_TEMPLATE, []).append(entry)
+    out = {}
+    for name, group in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        table = replace(ground_truth, queries=tuple(
+            q for q in ground_truth if (q.template or NO_TEMPLATE) == name))
+        out[name] = evaluate(group, table, ks=ks, thresholds=thresholds, source=source)
+    return out
 
 
 def _check_settings(ks: Sequence[int], thresholds: Sequence[float]

@@ -14,6 +14,7 @@ from gazenlq.errors import GazeNLQError
 from gazenlq.gaze.metrics import cc, kl_div
 from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
+from gazenlq.nlq.submission import write_submission
 from gazenlq.store import FeatureStore
 from gazenlq.text import build_text_encoder, load_tokenizer
 from gazenlq.training import checkpoint, trainer
@@ -227,7 +228,9 @@ def train_stage1(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, 
 def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: int,
           resume: bool = False, quiet: bool = False, estimator_ckpt: Path | None = None,
           text: TextFeatures | None = None) -> dict:
-    """Train one variant and seed; writes ``out/results.json`` and returns it."""
+    """Train one variant and seed; writes ``out/results.json`` (and the test split's
+    predictions as an Ego4D NLQ submission, ``out/test_predictions.json``, for
+    ``gaze-eval --by-template``) and returns the results."""
     train_table, val_table = _tables(data)
     test_table = load_queries(data.test) if data.test else None
     if text is None:
@@ -246,8 +249,9 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
     results["val"] = checkpoint.load_config(out / "stage2" / "best")["metrics"]
     if test_table is not None and test_table.with_text():
         items = clip_items(test_table, data.stores)
-        results["test"] = _recall_metrics(predict(model.grounding, model.estimator, items,
-                                                  text), test_table)
+        entries = predict(model.grounding, model.estimator, items, text)
+        write_submission(out / "test_predictions.json", entries)
+        results["test"] = _recall_metrics(entries, test_table)
     results["parameters"] = sum(p.numel() for p in model.grounding.parameters())
     write_json_atomic(out / "results.json", results, indent=1)
     return results
