@@ -1,6 +1,7 @@
 """Every console script: a useful --help; usage errors are one line with exit code 2."""
 
 import subprocess
+import sys
 
 import pytest
 
@@ -38,3 +39,31 @@ def test_synth_cli_end_to_end(tmp_path):
     info = subprocess.run([script("gaze-store"), "info", str(stores[0])], capture_output=True,
                           text=True)
     assert info.returncode == 0 and "video_features" in info.stdout
+
+
+def test_pending_zarr_reads_at_exit_do_not_add_lines_to_the_error(tmp_path):
+    """A failed chunk read can leave sibling reads pending on zarr's asyncio loop; asyncio's
+    "Task was destroyed but it is pending!" at exit must not follow the one-line error."""
+    code = '''
+import asyncio, sys
+import typer
+from gazenlq.cli.common import make_app, run
+from gazenlq.errors import GazeNLQError
+
+app = make_app("test")
+PENDING = []
+
+@app.command()
+def main() -> None:
+    loop = asyncio.new_event_loop()
+    async def never():
+        await asyncio.sleep(3600)
+    PENDING.append(loop.create_task(never()))
+    loop.run_until_complete(asyncio.sleep(0))
+    raise GazeNLQError("x.zarr: array 'video_features' cannot be read")
+
+run(app, "t", sys.argv[1:])
+'''
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr == "error: x.zarr: array 'video_features' cannot be read\n", out.stderr

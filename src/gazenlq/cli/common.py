@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 
@@ -30,7 +31,13 @@ def fail(message: str) -> None:
 
 
 def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
-    """Run ``app``; user errors and usage errors become one line on stderr and exit code 2."""
+    """Run ``app``; user errors and usage errors become one line on stderr and exit code 2.
+
+    Zarr reads run on an asyncio loop: when one chunk read fails, its sibling reads may
+    still be pending at exit, and asyncio would then log "Task was destroyed but it is
+    pending!" under the one-line error. Those internals are muted here (asyncio logs only
+    critical messages)."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
