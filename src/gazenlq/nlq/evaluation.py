@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from gazenlq.errors import AnnotationError, GazeNLQError
-from gazenlq.nlq.annotations import QueryKey, QueryTable
+from gazenlq.nlq.annotations import Query, QueryKey, QueryTable
 from gazenlq.nlq.submission import Entry
 
 DEFAULT_KS = (1, 5)
@@ -95,10 +95,7 @@ def evaluate(entries: Sequence[Entry], ground_truth: QueryTable, *,
     pred = np.full((len(entries), kmax, 2), np.nan)
     target = np.empty((len(entries), 2))
     for i, entry in enumerate(entries):
-        query = gt.get(entry.key)
-        if query is None:
-            raise AnnotationError(f"{source}: results[{i}]: unknown query "
-                                  f"{_fmt_key(entry.key)} (not in {ground_truth.source})")
+        query = _query_of(entry, i, gt, ground_truth.source, source)
         if query.answer is None:
             raise AnnotationError(f"{ground_truth.source}: query {_fmt_key(entry.key)} has no "
                                   f"answer window (unannotated file?)")
@@ -130,10 +127,7 @@ def evaluate_by_template(entries: Sequence[Entry], ground_truth: QueryTable, *,
     gt = ground_truth.by_key()
     groups: dict[str, list[Entry]] = {}
     for i, entry in enumerate(entries):
-        query = gt.get(entry.key)
-        if query is None:
-            raise AnnotationError(f"{source}: results[{i}]: unknown query "
-                                  f"{_fmt_key(entry.key)} (not in {ground_truth.source})")
+        query = _query_of(entry, i, gt, ground_truth.source, source)
         groups.setdefault(query.template or NO_TEMPLATE, []).append(entry)
     out = {}
     for name, group in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
@@ -156,6 +150,16 @@ def _check_settings(ks: Sequence[int], thresholds: Sequence[float]
             raise GazeNLQError(f"IoU threshold must be in [0, 1], got {t!r}")
     unique_ks = tuple(dict.fromkeys(int(k) for k in ks))
     return unique_ks, tuple(dict.fromkeys(float(t) for t in thresholds))
+
+
+def _query_of(entry: Entry, i: int, gt: dict[QueryKey, Query], gt_source: str, source: str
+              ) -> Query:
+    """The ground-truth query of ``results[i]``; an unknown key is an error."""
+    query = gt.get(entry.key)
+    if query is None:
+        raise AnnotationError(f"{source}: results[{i}]: unknown query {_fmt_key(entry.key)} "
+                              f"(not in {gt_source})")
+    return query
 
 
 def _fmt_key(key: QueryKey) -> str:

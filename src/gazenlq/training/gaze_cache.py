@@ -86,4 +86,3 @@ class GazeTokens:
                 done.add(item.clip_uid)
             group.attrs["fingerprint"] = want
         return cls(path)
-

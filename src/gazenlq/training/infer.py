@@ -28,23 +28,23 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
     ``device``; ``cached`` gaze tokens ``[n, D]`` (``gaze_cache``) stand in for running
     the estimator."""
     store = FeatureStore.open(item.store)
-    n = item.length
-    t = pad_to(n, multiple)
-    video = torch.zeros(1, t, store.dim(VIDEO))
-    video[0, :n] = torch.from_numpy(store.read(VIDEO, item.first, item.stop).astype(np.float32))
+    t = pad_to(item.length, multiple)
+
+    def padded(steps: np.ndarray) -> torch.Tensor:
+        out = torch.zeros(1, t, steps.shape[1])
+        out[0, : len(steps)] = torch.from_numpy(steps.astype(np.float32, copy=False))
+        return out.to(device)
+
+    video = padded(store.read(VIDEO, item.first, item.stop))
     mask = torch.zeros(1, t, dtype=torch.bool)
-    mask[0, :n] = True
-    video, mask = video.to(device), mask.to(device)
+    mask[0, : item.length] = True
+    mask = mask.to(device)
     gaze = None
     if cached is not None:
-        gaze = torch.zeros(1, t, cached.shape[1])
-        gaze[0, :n] = torch.from_numpy(cached)
-        gaze = gaze.to(device)
+        gaze = padded(cached)
     elif estimator is not None:
-        feats = torch.zeros(1, t, store.dim(GAZE_INPUT))
-        feats[0, :n] = torch.from_numpy(
-            store.read(GAZE_INPUT, item.first, item.stop).astype(np.float32))
-        gaze = estimator.gaze_tokens(feats.to(device), mask, negative=negative)
+        gaze = estimator.gaze_tokens(padded(store.read(GAZE_INPUT, item.first, item.stop)),
+                                     mask, negative=negative)
     return video, mask, gaze
 
 
