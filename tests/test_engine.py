@@ -53,7 +53,7 @@ def test_engine_top5_equals_pytorch_on_every_val_query(tiny_trained, tiny_bundle
         texts = [q.text for it in items for q in it.queries]
         text = TextFeatures(texts, build_text_encoder(cfg.text), load_tokenizer(cfg.text))
         for item in items:
-            video, mask, gaze = clip_inputs(item, g.length_multiple, model.estimator, False)
+            video, mask, gaze = clip_inputs(item, g.length_multiple, model.estimator, g.gaze)
             tokens, tmask = text.batch([text.index[q.text] for q in item.queries])
             n = len(item.queries)
             with torch.no_grad():

@@ -286,6 +286,39 @@ def test_no_gaze_variant_exports_without_gaze_inputs(tmp_path):
     assert "gaze_emb" not in [s.name for s in manifest.graph("ground").inputs]
 
 
+@pytest.mark.slow
+def test_control_variant_exports_its_own_gaze_tokens(tmp_path):
+    """The video graph computes the variant's tokens (validated against PyTorch output by
+    output), and they are not GazeNLQ's: the same weights as 'gaze' give other outputs.
+    ('neg_gaze' takes the same path: the variant name reaches ``gaze_tokens``.)"""
+    variant = "uniform_gaze"
+    cfg = with_dims(tiny_config(), video_dim=64, gaze_dim=512, text_dim=384, variant=variant)
+    cfg = replace(cfg, grounding=replace(cfg.grounding, branch_blocks=3))
+    torch.manual_seed(0)
+    weights = GazeNLQ(cfg).state_dict()
+    ckpt = tmp_path / "ckpt"
+    checkpoint.save(ckpt, config={"kind": "gazenlq", "train_config": cfg.to_dict()},
+                    weights=weights)
+    report = export_bundle(ckpt, tmp_path / "bundle", threads=1)
+    assert report.ok and report.agreement["fp32"].top5 >= 0.99
+    manifest = verify_bundle(tmp_path / "bundle")
+    assert manifest.variant == variant and manifest.uses_gaze
+    video = ort_session(tmp_path / "bundle" / manifest.graph("video").file, threads=1)
+    rng = np.random.default_rng(0)
+    feeds = {"video": rng.standard_normal((1, 16, 64), dtype=np.float32),
+             "mask": np.ones((1, 16), dtype=bool),
+             "gaze_features": rng.standard_normal((1, 16, 512), dtype=np.float32)}
+    ours = video.run(None, feeds)[1]
+    gaze = GazeNLQ(replace(cfg, grounding=replace(cfg.grounding, gaze="gaze"))).eval()
+    gaze.load_state_dict(weights)
+    with torch.no_grad():
+        mask = torch.from_numpy(feeds["mask"])
+        _, theirs = gaze.grounding.embed_video(
+            torch.from_numpy(feeds["video"]), mask,
+            gaze.gaze_tokens(torch.from_numpy(feeds["gaze_features"]), mask))
+    assert not np.allclose(ours, theirs.numpy(), atol=1e-3)
+
+
 def _tensorrt_missing() -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
         return "tensorrt is not installed (pip install 'gazenlq[trt]' on a GPU machine)"

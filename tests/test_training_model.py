@@ -257,9 +257,20 @@ def test_estimator_losses_and_tokens():
     out = est.loss(feats, maps, valid)
     assert torch.isfinite(out["loss"]) and out["kl"] >= 0
     mask = torch.ones(2, 10, dtype=torch.bool)
-    for negative in (False, True):
-        tok = est.gaze_tokens(feats, mask, negative=negative)
+    for variant in ("gaze", "neg_gaze", "uniform_gaze"):
+        tok = est.gaze_tokens(feats, mask, variant)
         assert tok.shape == (2, 10, est.token_dim) and est.token_dim == 8 + 4
+    with pytest.raises(ValueError, match="unknown variant"):
+        est.gaze_tokens(feats, mask, "sideways")
+    # the control keeps the cells (their mean) and drops where the gaze falls: its map
+    # embedding is the same whatever the features predict
+    est.eval()
+    uniform = est.gaze_tokens(feats, mask, "uniform_gaze")
+    torch.testing.assert_close(uniform[..., 8:], feats.view(2, 10, 16, 4).mean(2))
+    other = est.gaze_tokens(torch.randn(2, 10, 64), mask, "uniform_gaze")
+    torch.testing.assert_close(uniform[..., :8], other[..., :8])
+    assert not torch.allclose(est.gaze_tokens(feats, mask)[..., :8],
+                              est.gaze_tokens(torch.randn(2, 10, 64), mask)[..., :8])
     pred = est.predict_maps(feats, mask)
     torch.testing.assert_close(pred.sum(dim=(2, 3)), torch.ones(2, 10))
     # the gaze-pooled cell features are a convex mix of the 16 cells

@@ -207,23 +207,23 @@ def test_gaze_token_cache_matches_the_estimator_and_is_reused(tiny_data, text, t
     est = GazeEstimator(cfg.estimator).eval()
     items = clip_items(load_queries(tiny_data.val), tiny_data.stores)
     path = tmp_path / "tokens.zarr"
-    cache = GazeTokens.build(path, est, items, negative=False, multiple=4, quiet=True)
+    cache = GazeTokens.build(path, est, items, variant="gaze", multiple=4, quiet=True)
     for item in items:  # whole-clip tokens, exactly as inference computes them
-        _, _, want = clip_inputs(item, 4, est, False)
+        _, _, want = clip_inputs(item, 4, est, "gaze")
         np.testing.assert_array_equal(cache.read(item.clip_uid), want[0, :item.length].numpy())
         np.testing.assert_array_equal(cache.read(item.clip_uid, 5, 20),
                                       want[0, 5:20].numpy())
     stamp = (path / "zarr.json").stat().st_mtime_ns
-    assert GazeTokens.build(path, est, items, negative=False, multiple=4, quiet=True
+    assert GazeTokens.build(path, est, items, variant="gaze", multiple=4, quiet=True
                             ).fingerprint == cache.fingerprint
     assert (path / "zarr.json").stat().st_mtime_ns == stamp  # reused, not recomputed
-    neg = GazeTokens.build(path, est, items, negative=True, multiple=4, quiet=True)
+    neg = GazeTokens.build(path, est, items, variant="neg_gaze", multiple=4, quiet=True)
     assert neg.fingerprint != cache.fingerprint  # another variant: rebuilt
-    _, _, inverted = clip_inputs(items[0], 4, est, True)
+    _, _, inverted = clip_inputs(items[0], 4, est, "neg_gaze")
     np.testing.assert_array_equal(neg.read(items[0].clip_uid),
                                   inverted[0, :items[0].length].numpy())
     # validation through the cache gives the same predictions as running the estimator
     model = GroundingModel(cfg.grounding, est.token_dim).eval()
-    cache = GazeTokens.build(path, est, items, negative=False, multiple=4, quiet=True)
+    cache = GazeTokens.build(path, est, items, variant="gaze", multiple=4, quiet=True)
     assert predict(model, est, items, text) == predict(model, est, items, text,
                                                        gaze_tokens=cache)

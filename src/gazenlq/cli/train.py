@@ -16,8 +16,9 @@ from gazenlq.cli.common import fail, make_app, print_json, print_table, run
 
 app = make_app("Train GazeNLQ on feature stores: stage 1 the gaze estimator (InfoNCE + KL on "
                "ground-truth gaze maps), stage 2 the grounding model with gaze (GazeNLQ), "
-               "negative gaze (GazeNLQ*) or none (GroundNLQ baseline). Checkpoints are "
-               "safetensors + JSON, written atomically; --resume continues a killed run.")
+               "negative gaze (GazeNLQ*), none (GroundNLQ baseline) or uniform gaze (the "
+               "control: cell features without the gaze). Checkpoints are safetensors + JSON, "
+               "written atomically; --resume continues a killed run.")
 
 
 class Preset(str, Enum):
@@ -39,8 +40,8 @@ def train(
                                          "a directory of stores with --train/--val/--test.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     preset: Annotated[Preset, typer.Option(help="Model/training preset.")] = Preset.small,
-    variants: Annotated[str, typer.Option(help="Comma-separated: none, gaze, neg_gaze.")]
-    = "gaze",
+    variants: Annotated[str, typer.Option(
+        help="Comma-separated: none, gaze, neg_gaze, uniform_gaze.")] = "gaze",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     train_ann: Annotated[Path | None, typer.Option("--train", help="Train NLQ JSON.")] = None,
     val_ann: Annotated[Path | None, typer.Option("--val", help="Val NLQ JSON.")] = None,

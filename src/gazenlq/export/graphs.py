@@ -33,13 +33,13 @@ class VideoGraph(nn.Module):
     def __init__(self, model: GazeNLQ) -> None:
         super().__init__()
         self.grounding, self.estimator = model.grounding, model.estimator
-        self.negative = model.cfg.grounding.gaze == "neg_gaze"
+        self.variant = model.cfg.grounding.gaze
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor,
                 gaze_features: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         gaze = None
         if self.estimator is not None:
-            gaze = self.estimator.gaze_tokens(gaze_features, mask, negative=self.negative)
+            gaze = self.estimator.gaze_tokens(gaze_features, mask, self.variant)
         v, g = self.grounding.embed_video(video, mask, gaze)
         return (v,) if g is None else (v, g)
 

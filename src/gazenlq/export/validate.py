@@ -184,7 +184,7 @@ class _RawGaze:
     features: the bundle computes the gaze tokens inside its video graph."""
 
     @staticmethod
-    def gaze_tokens(feats: torch.Tensor, mask: torch.Tensor, negative: bool) -> torch.Tensor:
+    def gaze_tokens(feats: torch.Tensor, mask: torch.Tensor, variant: str) -> torch.Tensor:
         return feats
 
 
@@ -194,7 +194,7 @@ def clip_cases(items: Sequence[ClipItem], tokenizer: QueryTokenizer, multiple: i
     cases = []
     for item in items:
         video, mask, gaze = clip_inputs(item, multiple, _RawGaze() if uses_gaze else None,
-                                        False)
+                                        "gaze")
         feeds = {"video": video.numpy(), "mask": mask.numpy()}
         if gaze is not None:
             feeds["gaze_features"] = gaze.numpy()

@@ -21,24 +21,25 @@ class Difficulty:
     drift: std of the slow AR(1) drift added to every feature.
     gaze_off: probability that a fixation during an interaction lands off the handled object.
     hand_cue: strength of the hand cue at the handled object's cell (how predictable gaze is).
-    text_align: share (0-1) of each pooled-feature concept direction that is a projection of
-        the default text encoder's embedding of the concept's name (video-language features
-        like EgoVLP's); 0 makes the words' meaning unlearnable except by memorising.
+    text_align: share (0-1) of each concept direction that is a projection of the default
+        text encoder's embedding of the concept's name (video-language features like
+        EgoVLP's, which Ego4D NLQ models use); 0 makes the words' meaning unlearnable except
+        by memorising.
     """
 
     clutter: float = 3.0
-    noise: float = 0.35
-    drift: float = 0.35
+    noise: float = 0.2
+    drift: float = 0.2
     gaze_off: float = 0.2
     hand_cue: float = 0.8
-    text_align: float = 0.0
+    text_align: float = 1.0
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
-    "easy": Difficulty(clutter=1.5, noise=0.2, drift=0.2, gaze_off=0.1, hand_cue=1.0,
-                       text_align=0.5),
+    "easy": Difficulty(clutter=1.5, noise=0.1, drift=0.1, gaze_off=0.1, hand_cue=1.0),
     "default": Difficulty(),
-    "hard": Difficulty(clutter=6.0, noise=0.5, drift=0.5, gaze_off=0.35, hand_cue=0.6),
+    "hard": Difficulty(clutter=6.0, noise=0.5, drift=0.5, gaze_off=0.35, hand_cue=0.6,
+                       text_align=0.0),
 }
 
 
@@ -71,7 +72,8 @@ class EgoSimConfig:
     @classmethod
     def from_dict(cls, d: dict) -> EgoSimConfig:
         d = dict(d)
-        d["difficulty"] = Difficulty(**d["difficulty"])  # older manifests: defaults
+        # manifests older than the text_align knob describe unaligned worlds
+        d["difficulty"] = Difficulty(**{"text_align": 0.0, **d["difficulty"]})
         d["grid"] = TimeGrid(**d["grid"])
         d["split"] = tuple(d["split"])
         return cls(**d)

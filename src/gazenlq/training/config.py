@@ -11,7 +11,7 @@ from typing import Any
 
 from gazenlq.text import TextEncoderConfig
 
-GAZE_VARIANTS: tuple[str, ...] = ("none", "gaze", "neg_gaze")
+GAZE_VARIANTS: tuple[str, ...] = ("none", "gaze", "neg_gaze", "uniform_gaze")
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class GroundingConfig:
     """Multiply the video steps by a query vector before the blocks (``QueryGate``)."""
     max_len: int = 2560
     gaze: str = "gaze"
-    """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*)."""
+    """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*), 'uniform_gaze'
+    (control: the gaze pathway fed a uniform map, so the cell features without the gaze)."""
     regression_ranges: tuple[tuple[float, float], ...] = (
         (0, 4), (2, 8), (4, 16), (8, 32), (16, 64), (32, 128), (64, 10_000))
     centre_radius: float = 1.5

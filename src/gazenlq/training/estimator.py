@@ -113,19 +113,25 @@ class GazeEstimator(nn.Module):
         _, logits = self(feats, mask)
         return torch.softmax(logits, dim=-1).view(*logits.shape[:2], s, s)
 
-    def gaze_tokens(self, feats: torch.Tensor, mask: torch.Tensor, negative: bool = False
+    def gaze_tokens(self, feats: torch.Tensor, mask: torch.Tensor, variant: str = "gaze"
                     ) -> torch.Tensor:
         """Stage-2 input: the gaze embedding, plus (for grid features) the features of the
         cells the predicted gaze falls on - this project's answer to GazeNLQ's limitation
-        (2). ``negative`` (GazeNLQ*) uses the complement of the predicted gaze instead: the
-        embedding of the inverted map and the features outside the gaze area."""
+        (2). The other variants replace the predicted map ``p`` and embed theirs with the
+        gaze branch: 'neg_gaze' (GazeNLQ*) the complement of ``p``, the area outside the
+        gaze; 'uniform_gaze' a uniform map, which keeps the cell features (averaged) and
+        drops where the wearer looks - the control that isolates the gaze's contribution."""
         v, logits = self(feats, mask)
         p = torch.softmax(logits, dim=-1)
         s = self.cfg.map_size
-        if negative:
-            inv = (1 - p) / (1 - p).sum(-1, keepdim=True)
-            v = self.map_encoder(inv.view(*p.shape[:2], s, s))
-            p = inv
+        if variant != "gaze":
+            if variant == "neg_gaze":
+                p = (1 - p) / (1 - p).sum(-1, keepdim=True)
+            elif variant == "uniform_gaze":
+                p = torch.full_like(p, 1 / p.shape[-1])
+            else:
+                raise ValueError(f"gaze tokens of unknown variant {variant!r}")
+            v = self.map_encoder(p.view(*p.shape[:2], s, s))
         parts = [v]
         if self.cfg.grid:
             g = self.cfg.grid

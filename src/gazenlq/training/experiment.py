@@ -178,7 +178,8 @@ def run_table(cfg: TrainConfig, data: DataPaths, out: Path, *, variants: list[st
 
 
 NAMES = {"none": "no gaze (GroundNLQ baseline)", "gaze": "GazeNLQ",
-         "neg_gaze": "GazeNLQ* (negative gaze)"}
+         "neg_gaze": "GazeNLQ* (negative gaze)",
+         "uniform_gaze": "uniform gaze (control: cell features, no gaze)"}
 
 
 def write_report(table: dict, path: Path) -> None:

@@ -24,9 +24,9 @@ from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.infer import clip_inputs
 
 
-def fingerprint(estimator: GazeEstimator, negative: bool) -> str:
+def fingerprint(estimator: GazeEstimator, variant: str) -> str:
     """SHA-256 of the estimator's weights (names, shapes, values) and the variant."""
-    h = hashlib.sha256(b"neg" if negative else b"pos")
+    h = hashlib.sha256(variant.encode())
     for name, t in sorted(estimator.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
@@ -61,10 +61,10 @@ class GazeTokens:
 
     @classmethod
     def build(cls, path: Path, estimator: GazeEstimator, items: list[ClipItem], *,
-              negative: bool, multiple: int, quiet: bool = False) -> GazeTokens:
+              variant: str, multiple: int, quiet: bool = False) -> GazeTokens:
         """The tokens of ``items`` at ``path``; reused when the group there was made by the
         same estimator weights and variant, else (re)computed and published atomically."""
-        want = fingerprint(estimator, negative)
+        want = fingerprint(estimator, variant)
         if (path / "zarr.json").is_file():
             existing = cls(path)
             if existing.fingerprint == want and all(
@@ -78,7 +78,7 @@ class GazeTokens:
             for item in progress(items, desc="gaze tokens", unit="clip", quiet=quiet):
                 if item.clip_uid in done:
                     continue
-                _, _, gaze = clip_inputs(item, multiple, estimator, negative, device)
+                _, _, gaze = clip_inputs(item, multiple, estimator, variant, device)
                 tokens = gaze[0, : item.length].float().cpu().numpy()
                 arr = group.create_array(item.clip_uid, shape=tokens.shape, dtype="float32",
                                          chunks=(min(len(tokens), 1024), tokens.shape[1]))

@@ -21,7 +21,7 @@ from gazenlq.training.grounding import GroundingModel, level_sizes
 
 @torch.no_grad()
 def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
-                negative: bool, device: torch.device = torch.device("cpu"),
+                variant: str, device: torch.device = torch.device("cpu"),
                 cached: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A clip's padded video features ``[1, T, Dv]``, mask and gaze tokens (or None), on
@@ -44,7 +44,7 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
         gaze = padded(cached)
     elif estimator is not None:
         gaze = estimator.gaze_tokens(padded(store.read(GAZE_INPUT, item.first, item.stop)),
-                                     mask, negative=negative)
+                                     mask, variant)
     return video, mask, gaze
 
 
@@ -58,7 +58,6 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
     device = model_device(model)
     post = post or PostprocessConfig()
     cfg = model.cfg
-    negative = cfg.gaze == "neg_gaze"
     entries = []
     for item in items:
         if pad_to(item.length, cfg.length_multiple) > cfg.max_len:
@@ -67,7 +66,7 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
         uses_gaze = cfg.gaze != "none"
         cached = gaze_tokens.read(item.clip_uid) if uses_gaze and gaze_tokens else None
         video, mask, gaze = clip_inputs(item, cfg.length_multiple,
-                                        estimator if uses_gaze else None, negative, device,
+                                        estimator if uses_gaze else None, cfg.gaze, device,
                                         cached)
         grid = FeatureStore.open(item.store).info.grid
         v, g = model.embed_video(video, mask, gaze)

@@ -34,8 +34,7 @@ class GazeNLQ(nn.Module):
 
     def gaze_tokens(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with torch.set_grad_enabled(self.training and not self.cfg.freeze_estimator):
-            return self.estimator.gaze_tokens(feats, mask,
-                                              negative=self.cfg.grounding.gaze == "neg_gaze")
+            return self.estimator.gaze_tokens(feats, mask, self.cfg.grounding.gaze)
 
 
 def with_dims(cfg: TrainConfig, *, video_dim: int, gaze_dim: int, text_dim: int,

@@ -160,7 +160,7 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
     if model.estimator is not None and cfg.freeze_estimator:
         tokens = GazeTokens.build(out / "gaze_tokens.zarr", model.estimator.to(
             resolve_device(cfg.device)), train_items + val_items,
-            negative=cfg.grounding.gaze == "neg_gaze",
+            variant=cfg.grounding.gaze,
             multiple=cfg.grounding.length_multiple, quiet=quiet)
     dataset = GroundingDataset(train_items, text.index, max_len=cfg.train_max_len,
                                with_gaze=model.estimator is not None and tokens is None,
