@@ -121,17 +121,18 @@ class GazeEstimator(nn.Module):
         gaze branch: 'neg_gaze' (GazeNLQ*) the complement of ``p``, the area outside the
         gaze; 'uniform_gaze' a uniform map, which keeps the cell features (averaged) and
         drops where the wearer looks - the control that isolates the gaze's contribution."""
-        v, logits = self(feats, mask)
-        p = torch.softmax(logits, dim=-1)
+        if variant not in ("gaze", "neg_gaze", "uniform_gaze"):
+            raise ValueError(f"gaze tokens of unknown variant {variant!r}")
         s = self.cfg.map_size
-        if variant != "gaze":
+        if variant == "uniform_gaze":  # needs no prediction: skip the estimator's network
+            p = torch.full_like(feats[..., :1], 1 / (s * s)).expand(-1, -1, s * s)
+        else:
+            v, logits = self(feats, mask)
+            p = torch.softmax(logits, dim=-1)
             if variant == "neg_gaze":
                 p = (1 - p) / (1 - p).sum(-1, keepdim=True)
-            elif variant == "uniform_gaze":
-                p = torch.full_like(p, 1 / p.shape[-1])
-            else:
-                raise ValueError(f"gaze tokens of unknown variant {variant!r}")
-            v = self.map_encoder(p.view(*p.shape[:2], s, s))
+        if variant != "gaze":
+            v = self.map_encoder(p.reshape(*p.shape[:2], s, s))
         parts = [v]
         if self.cfg.grid:
             g = self.cfg.grid
