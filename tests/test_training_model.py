@@ -301,8 +301,9 @@ def test_paper_preset_forward_backward_at_2560():
 def test_heads_in_one_pass_equal_level_by_level():
     torch.manual_seed(3)
     model = GroundingModel(TINY).eval()
-    feats = [torch.randn(2, 64 // 2**i, 16) for i in range(TINY.levels)]
     masks = [torch.rand(2, 64 // 2**i) > 0.2 for i in range(TINY.levels)]
+    # the heads take masked steps, as every block's output is
+    feats = [torch.randn(2, 64 // 2**i, 16) * m.unsqueeze(-1) for i, m in enumerate(masks)]
     with torch.no_grad():
         logits, dists = model.heads(feats, masks)
         want_l = torch.cat([model.cls_head(f, m)[..., 0] for f, m in zip(feats, masks)], 1)
@@ -310,3 +311,26 @@ def test_heads_in_one_pass_equal_level_by_level():
                             for i, (f, m) in enumerate(zip(feats, masks))], 1)
     torch.testing.assert_close(logits, want_l, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(dists, want_d, atol=1e-6, rtol=1e-5)
+
+
+def test_ema_averages_float_state_and_adamw_decays_weights_only():
+    from gazenlq.training.config import OptimConfig
+    from gazenlq.training.trainer import EMA, optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(net, decay=0.9)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net)
+    for k, v in ema.state_dict(net).items():
+        if k.endswith("num_batches_tracked"):  # integer state is copied, not averaged
+            assert torch.equal(v, net.state_dict()[k])
+        else:
+            torch.testing.assert_close(v, 0.9 * start[k] + 0.1 * net.state_dict()[k])
+    opt = optimizer(net, OptimConfig(weight_decay=0.05))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    assert opt.param_groups[0]["weight_decay"] == 0.05
+    assert opt.param_groups[1]["weight_decay"] == 0.0
+    assert decayed == {id(net[0].weight)}

@@ -41,9 +41,10 @@ class Head(nn.Module):
         self.out = MaskedConv(dim, out, 3)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x``: masked steps (every block's output is)."""
         for layer in self.trunk:
-            x = layer(x, mask)
-        return self.out(x, mask)[0]
+            x = layer(x, mask, masked=True)
+        return self.out(x, mask, masked=True)[0]
 
 
 class GazeFusion(nn.Module):

@@ -51,8 +51,11 @@ class MaskedConv(nn.Module):
                               groups=groups, bias=bias)
         self.stride = stride
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x * mask.unsqueeze(-1).to(x.dtype)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, masked: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``masked``: the caller's padded steps are already zero (skips one product)."""
+        if not masked:
+            x = x * mask.unsqueeze(-1).to(x.dtype)
         y = self.conv(x.transpose(1, 2)).transpose(1, 2)
         if self.stride > 1:
             mask = mask[:, :: self.stride]
@@ -210,8 +213,9 @@ class VideoBlock(nn.Module):
                 text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.ln_self(x)
         if self.stride > 1:
-            q, new_mask = self.down_q(h, mask)
-            kv, _ = self.down_kv(h, mask)
+            h = h * mask.unsqueeze(-1).to(h.dtype)
+            q, new_mask = self.down_q(h, mask, masked=True)
+            kv, _ = self.down_kv(h, mask, masked=True)
             skip = self.pool(x.transpose(1, 2)).transpose(1, 2)
             mask = new_mask
         else:
@@ -232,6 +236,7 @@ class ConvLN(nn.Module):
         self.conv = MaskedConv(c_in, c_out, kernel)
         self.ln = nn.LayerNorm(c_out)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        y, _ = self.conv(x, mask)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, masked: bool = False
+                ) -> torch.Tensor:
+        y, _ = self.conv(x, mask, masked)
         return torch.relu(self.ln(y)) * mask.unsqueeze(-1).to(y.dtype)

@@ -34,9 +34,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if k in self.shadow:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+        state = model.state_dict()
+        torch._foreach_lerp_(list(self.shadow.values()), [state[k] for k in self.shadow],
+                             1 - self.decay)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: self.shadow.get(k, v) for k, v in model.state_dict().items()}
@@ -55,7 +55,8 @@ def optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+                             fused=True)
 
 
 def schedule(opt: torch.optim.Optimizer, warmup: int, total: int
