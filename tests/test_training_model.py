@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from gazenlq.training.config import PRESETS, GazeEstimatorConfig, GroundingConfig
+from gazenlq.training.config import PRESETS, GazeEstimatorConfig, GroundingConfig, OptimConfig
 from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.grounding import GroundingModel, QueryGate, level_sizes
 from gazenlq.training.layers import Attention, _softmax, local_attention
@@ -21,6 +21,7 @@ from gazenlq.training.targets import (
     point_grid,
     saliency_loss,
 )
+from gazenlq.training.trainer import EMA, optimizer
 
 TINY = GroundingConfig(video_dim=12, text_dim=10, hidden=16, heads=2, window=5, text_blocks=1,
                        stem_blocks=1, branch_blocks=3, mlp_ratio=2, drop_path=0.0, gaze="none")
@@ -314,9 +315,6 @@ def test_heads_in_one_pass_equal_level_by_level():
 
 
 def test_ema_averages_float_state_and_adamw_decays_weights_only():
-    from gazenlq.training.config import OptimConfig
-    from gazenlq.training.trainer import EMA, optimizer
-
     net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
     ema = EMA(net, decay=0.9)
     start = {k: v.clone() for k, v in net.state_dict().items()}

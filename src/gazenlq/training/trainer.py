@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from gazenlq.atomic import write_json_atomic
 from gazenlq.progress import progress
@@ -31,12 +32,11 @@ class EMA:
         self.decay = decay
         self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()
                        if v.dtype.is_floating_point}
+        self._average = get_ema_multi_avg_fn(decay)  # one foreach lerp over all tensors
 
-    @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         state = model.state_dict()
-        torch._foreach_lerp_(list(self.shadow.values()), [state[k] for k in self.shadow],
-                             1 - self.decay)
+        self._average(list(self.shadow.values()), [state[k] for k in self.shadow], None)
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: self.shadow.get(k, v) for k, v in model.state_dict().items()}
