@@ -102,6 +102,38 @@ def test_query_gate_starts_as_identity_and_ignores_padded_words():
         torch.testing.assert_close(match[0], (ctx[0] * gaze_gate.gaze_proj(q)).sum(-1) / 2)
 
 
+def test_embed_skip_adds_masked_linear_projections_to_every_embedding():
+    cfg = replace(TINY, gaze="gaze", embed_skip=True)
+    torch.manual_seed(0)
+    model = GroundingModel(cfg, gaze_dim=6).eval()
+    plain = GroundingModel(replace(TINY, gaze="gaze"), gaze_dim=6)  # GroundNLQ's embeddings
+    assert plain.video_skip is None and plain.text_skip is None and plain.gaze_skip is None
+    video, gaze = torch.randn(2, 16, cfg.video_dim), torch.randn(2, 16, 6)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 11:] = False
+    video[1, 11:] = gaze[1, 11:] = 0.0
+    tokens = torch.randn(2, 5, cfg.text_dim)
+    text_mask = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    m, tm = mask.unsqueeze(-1).float(), text_mask.unsqueeze(-1).float()
+    with torch.no_grad():
+        got_v, got_g = model.embed_video(video, mask, gaze)
+        x = video
+        for layer in model.video_embed:
+            x = layer(x, mask)
+        want_v = x + (model.video_skip(video) + model.position[:16]) * m
+        g = (model.gaze_embed(gaze) + model.gaze_skip(gaze)) * m
+        want_g = model.fusion.attend_gaze(want_v, g, mask)
+        got_t = model.encode_text(tokens, text_mask)
+        t = (model.text_embed(tokens) + model.text_skip(tokens)) * tm
+        for block in model.text_blocks:
+            t = block(t, text_mask)
+    torch.testing.assert_close(got_v, want_v)
+    torch.testing.assert_close(got_g, want_g)
+    torch.testing.assert_close(got_t, t)
+    # the skips' biases do not leak into padded steps or words
+    assert got_v[1, 11:].abs().max() == 0 and got_g[1, 11:].abs().max() == 0
+
+
 def test_saliency_loss_known_values():
     zeros = torch.zeros(3, 4)
     mask = torch.ones(3, 4, dtype=torch.bool)

@@ -47,6 +47,10 @@ class GroundingConfig:
     dropout: float = 0.0
     layer_scale: float = 1e-4
     """Initial scale of every video block's residual branches (ActionFormer / GroundNLQ)."""
+    embed_skip: bool = False
+    """Add linear projections of the raw video features, query tokens and gaze tokens to
+    their embeddings (GroundNLQ's [conv, LN, ReLU] x 2). The nonlinear paths alone lose what
+    the features say linearly: which objects a step shows, which object a query names."""
     query_gate: bool = True
     """Multiply the video steps by a query vector before the blocks (``QueryGate``)."""
     max_len: int = 2560
@@ -145,7 +149,8 @@ PRESETS: dict[str, TrainConfig] = {
         estimator=GazeEstimatorConfig(hidden=128, glu_layers=5, heads=4, embed_dim=128),
         grounding=GroundingConfig(hidden=96, heads=4, text_blocks=1, stem_blocks=2,
                                   branch_blocks=6, mlp_ratio=2, drop_path=0.0,
-                                  max_len=2560, layer_scale=0.1, saliency_weight=1.0),
+                                  max_len=2560, layer_scale=0.1, saliency_weight=1.0,
+                                  embed_skip=True),
         stage1=OptimConfig(lr=1e-3, weight_decay=0.05, epochs=2, warmup_epochs=1,
                            batch_size=16, ema_decay=0.99),
         stage2=OptimConfig(lr=2e-3, weight_decay=0.05, epochs=4, warmup_epochs=1,

@@ -128,9 +128,12 @@ class GroundingModel(nn.Module):
         h = cfg.hidden
         self.video_embed = nn.ModuleList([ConvLN(cfg.video_dim, h), ConvLN(h, h)])
         self.text_embed = _proj(cfg.text_dim, h)
+        self.video_skip = nn.Linear(cfg.video_dim, h) if cfg.embed_skip else None
+        self.text_skip = nn.Linear(cfg.text_dim, h) if cfg.embed_skip else None
         self.text_blocks = nn.ModuleList(
             TextBlock(h, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.text_blocks))
         self.gaze_embed = _proj(gaze_dim, h) if gaze_dim else None
+        self.gaze_skip = nn.Linear(gaze_dim, h) if gaze_dim and cfg.embed_skip else None
         self.fusion = GazeFusion(cfg) if gaze_dim else None
         self.gate = QueryGate(h, gaze=gaze_dim is not None) if cfg.query_gate else None
         n = cfg.stem_blocks + cfg.branch_blocks
@@ -156,17 +159,25 @@ class GroundingModel(nn.Module):
         x = video
         for layer in self.video_embed:
             x = layer(x, mask)
+        if self.video_skip is not None:
+            x = x + self.video_skip(video) * mask.unsqueeze(-1).to(x.dtype)
         x = x + self.position[: x.shape[1]].unsqueeze(0) * mask.unsqueeze(-1).to(x.dtype)
         g = None
         if self.gaze_embed is not None:
             if gaze is None:
                 raise ValueError("this model was built with gaze; pass gaze tokens")
-            g = self.gaze_embed(gaze) * mask.unsqueeze(-1).to(x.dtype)
+            g = self.gaze_embed(gaze)
+            if self.gaze_skip is not None:
+                g = g + self.gaze_skip(gaze)
+            g = g * mask.unsqueeze(-1).to(x.dtype)
             g = self.fusion.attend_gaze(x, g, mask)
         return x, g
 
     def encode_text(self, tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        t = self.text_embed(tokens) * text_mask.unsqueeze(-1).to(tokens.dtype)
+        t = self.text_embed(tokens)
+        if self.text_skip is not None:
+            t = t + self.text_skip(tokens)
+        t = t * text_mask.unsqueeze(-1).to(tokens.dtype)
         for block in self.text_blocks:
             t = block(t, text_mask)
         return t
