@@ -195,6 +195,60 @@ def test_probe_true_gaze_names_the_handled_object_far_more_often_than_pooling(ti
     assert 0.0 <= rates["predicted"] <= 1.0
 
 
+def test_roc_auc_known_values():
+    from gazenlq.training.probe import roc_auc
+
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
+    assert roc_auc(np.arange(6.0), np.array([0, 0, 0, 1, 1, 1])) == 1.0
+    assert roc_auc(-np.arange(6.0), np.array([0, 0, 0, 1, 1, 1])) == 0.0
+    assert np.isnan(roc_auc(np.arange(3.0), np.zeros(3)))
+
+
+def test_embedding_probe_sees_objects_the_nonlinear_embedding_blurs(tiny_data):
+    from gazenlq.training.grounding import GroundingModel
+    from gazenlq.training.probe import concept_aucs
+
+    small = preset("small").grounding
+    aucs = {}
+    for skip in (False, True):
+        torch.manual_seed(0)
+        model = GroundingModel(replace(small, video_dim=256, gaze="none", embed_skip=skip))
+        aucs[skip] = concept_aucs(tiny_data.stores.parent, model.eval(), split="train")
+    # EgoSim's features say linearly which objects a step shows and what is being done
+    assert aucs[True]["raw"]["objects"] > 0.97 and aucs[True]["raw"]["verbs"] > 0.9
+    assert aucs[True]["raw"] == aucs[False]["raw"]
+    # GroundNLQ's [conv, LN, ReLU] x 2 embedding already blurs the objects at init; the
+    # linear skip keeps them
+    assert aucs[True]["embedding"]["objects"] > aucs[False]["embedding"]["objects"] + 0.05
+    assert aucs[True]["embedding"]["objects"] > 0.95
+
+
+def test_failure_types_of_exact_and_swapped_answers(tiny_data, tmp_path):
+    from gazenlq.nlq.submission import Entry, write_submission
+    from gazenlq.training.probe import FAILURES, failure_types
+
+    queries = load_queries(tiny_data.train).with_text()
+    by_clip: dict[str, list] = {}
+    for q in queries:
+        by_clip.setdefault(q.key.clip_uid, []).append(q)
+
+    def entry(q, window):
+        return Entry(q.key.clip_uid, q.key.annotation_uid, q.key.query_idx, (window,))
+
+    exact, swapped = tmp_path / "exact.json", tmp_path / "swapped.json"
+    write_submission(exact, [entry(q, q.answer) for q in queries])
+    # every query answered with another query's window of its clip: an interaction, not it
+    write_submission(swapped, [
+        entry(q, next(o.answer for o in qs if abs(o.answer[0] - q.answer[0]) > 60))
+        for qs in by_clip.values() for q in qs
+        if any(abs(o.answer[0] - q.answer[0]) > 60 for o in qs)])
+    data = tiny_data.stores.parent
+    assert failure_types(data, exact, split="train")["hit"] == 1.0
+    shares = failure_types(data, swapped, split="train")
+    assert shares["hit"] == 0.0 and shares["no interaction"] == 0.0
+    assert sum(shares.values()) == pytest.approx(1.0) and set(shares) == set(FAILURES)
+
+
 def test_gaze_token_cache_matches_the_estimator_and_is_reused(tiny_data, text, tmp_path):
     from gazenlq.training.gaze_cache import GazeTokens
     from gazenlq.training.grounding import GroundingModel

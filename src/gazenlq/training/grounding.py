@@ -156,12 +156,7 @@ class GroundingModel(nn.Module):
         """Query-independent part: video embedding (+ position) and, for the gaze variants,
         the gaze context (gaze embeddings attended from every step; ``GazeFusion``).
         Inputs hold at most ``cfg.max_len`` steps (longer videos are searched in windows)."""
-        x = video
-        for layer in self.video_embed:
-            x = layer(x, mask)
-        if self.video_skip is not None:
-            x = x + self.video_skip(video) * mask.unsqueeze(-1).to(x.dtype)
-        x = x + self.position[: x.shape[1]].unsqueeze(0) * mask.unsqueeze(-1).to(x.dtype)
+        x = self.video_embedding(video, mask)
         g = None
         if self.gaze_embed is not None:
             if gaze is None:
@@ -172,6 +167,15 @@ class GroundingModel(nn.Module):
             g = g * mask.unsqueeze(-1).to(x.dtype)
             g = self.fusion.attend_gaze(x, g, mask)
         return x, g
+
+    def video_embedding(self, video: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The steps' embedding (+ position), before any gaze or query."""
+        x = video
+        for layer in self.video_embed:
+            x = layer(x, mask)
+        if self.video_skip is not None:
+            x = x + self.video_skip(video) * mask.unsqueeze(-1).to(x.dtype)
+        return x + self.position[: x.shape[1]].unsqueeze(0) * mask.unsqueeze(-1).to(x.dtype)
 
     def encode_text(self, tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         t = self.text_embed(tokens)

@@ -1,31 +1,44 @@
-"""Does the gaze say *what* is being handled? A probe on EgoSim (docs/synthetic-data.md).
+"""Probes on EgoSim, which knows what every step shows (docs/synthetic-data.md).
 
-For every interaction of a split's eye-tracked sessions that shows two or more objects, the
-gaze-estimator cell features of the interaction's steps are pooled over the 4 x 4 cells
-with some cell weights, and compared (cosine) with EgoSim's hidden cell direction of every
-visible object. A hit is when the handled object is the closest. Weights: ``uniform``
-(what pooling without gaze gives), ``true`` (the ground-truth gaze maps) and ``predicted``
-(a stage-1 estimator's maps, as in the gaze tokens of ``GazeEstimator.gaze_tokens``).
+Does the gaze say *what* is being handled? For every interaction of a split's eye-tracked
+sessions that shows two or more objects, the gaze-estimator cell features of the
+interaction's steps are pooled over the 4 x 4 cells with some cell weights, and compared
+(cosine) with EgoSim's hidden cell direction of every visible object. A hit is when the
+handled object is the closest. Weights: ``uniform`` (what pooling without gaze gives),
+``true`` (the ground-truth gaze maps) and ``predicted`` (a stage-1 estimator's maps, as in
+the gaze tokens of ``GazeEstimator.gaze_tokens``).
 
-``python -m gazenlq.training.probe DATA [--estimator CKPT] [--split val]``
+Does a grounding model's step embedding keep what the features say? ``concept_aucs``: linear
+probes of the visible objects and the verb of each step, from the raw video features and
+from the embedding. And where do its top-1 answers land? ``failure_types``.
+
+``python -m gazenlq.training.probe DATA [--estimator CKPT] [--grounding CKPT]
+[--predictions FILE] [--split val]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gazenlq.store import GAZE_INPUT, GAZE_MAPS, FeatureStore
+from gazenlq.store import GAZE_INPUT, GAZE_MAPS, VIDEO, FeatureStore
 from gazenlq.synth.config import GRID_SIDE, EgoSimConfig
 from gazenlq.synth.dataset import MANIFEST, plan_sessions, session_timeline, store_path
-from gazenlq.synth.world import World
+from gazenlq.synth.world import OBJECTS, VERBS, World
 from gazenlq.training import checkpoint
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.estimator import GazeEstimator, cell_shares
+from gazenlq.training.grounding import GroundingModel
+from gazenlq.training.model import GazeNLQ
+
+
+def _config(data: Path) -> EgoSimConfig:
+    return EgoSimConfig.from_dict(json.loads((data / MANIFEST).read_text())["config"])
 
 
 def cell_weights(maps: torch.Tensor) -> np.ndarray:
@@ -39,7 +52,7 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
                          split: str = "val") -> dict[str, float | int]:
     """Hit rates of each weighting (``predicted`` only with an estimator) and the number of
     interactions scored."""
-    cfg = EgoSimConfig.from_dict(json.loads((data / MANIFEST).read_text())["config"])
+    cfg = _config(data)
     world = World.build(cfg.seed, cfg.video_dim, cfg.cell_dim, cfg.difficulty.text_align)
     modes = ["uniform", "true"] + (["predicted"] if estimator is not None else [])
     hits: dict[str, list[bool]] = {m: [] for m in modes}
@@ -76,10 +89,120 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
     return out
 
 
+def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
+    """Probability that a positive scores above a negative (rank statistic; nan if a class
+    is empty)."""
+    pos = label > 0
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    ranks = np.empty(len(score))
+    ranks[np.argsort(score, kind="stable")] = np.arange(1, len(score) + 1)
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def concept_aucs(data: Path, grounding: GroundingModel | None = None, split: str = "val",
+                 sessions: int = 16, max_steps: int = 2048) -> dict[str, dict[str, float]]:
+    """Mean ROC AUC of ridge probes that read, per step, which objects are visible and which
+    verb is done (or none), fit on the first half of ``sessions`` of ``split`` and scored
+    on the second: from the raw video features and, given a model, from its step embedding
+    (``GroundingModel.video_embedding``)."""
+    cfg = _config(data)
+    plans = [p for p in plan_sessions(cfg) if p.split == split][:sessions]
+    if len(plans) < 2:
+        raise ValueError(f"{data}: the {split} split needs 2 or more sessions to probe")
+    feats: dict[str, list[np.ndarray]] = {"raw": []} | ({"embedding": []} if grounding else {})
+    labels: dict[str, list[np.ndarray]] = {"objects": [], "verbs": []}
+    for plan in plans:
+        tl = session_timeline(cfg, plan)
+        video = FeatureStore.open(store_path(data, plan)).read(VIDEO, 0, max_steps)
+        n = len(video)
+        first, last = cfg.grid.step_bounds_s(np.arange(n))
+        scene = np.searchsorted(tl.scene_start, (first + last) / 2, side="right") - 1
+        objects = np.zeros((n, len(OBJECTS)))
+        for i, s in enumerate(scene):
+            objects[i, tl.scene_objects[s][tl.scene_objects[s] >= 0]] = 1
+        verb = np.where(tl.scene_verb[scene] >= 0, tl.scene_verb[scene], len(VERBS))
+        labels["objects"].append(objects)
+        labels["verbs"].append(np.eye(len(VERBS) + 1)[verb])
+        feats["raw"].append(video.astype(np.float64))
+        if grounding is not None:
+            with torch.no_grad():
+                emb = grounding.video_embedding(torch.from_numpy(video.astype(np.float32))[None],
+                                                torch.ones(1, n, dtype=torch.bool))[0]
+            feats["embedding"].append(emb.double().numpy())
+    half = len(plans) // 2
+    out: dict[str, dict[str, float]] = {}
+    for name, xs in feats.items():
+        x_fit, x_test = np.concatenate(xs[:half]), np.concatenate(xs[half:])
+        mean = x_fit.mean(0)
+        x_fit, x_test = x_fit - mean, x_test - mean
+        gram = x_fit.T @ x_fit
+        ridge = np.linalg.solve(gram + 1e-3 * np.trace(gram) / len(gram) * np.eye(len(gram)),
+                                x_fit.T)
+        out[name] = {}
+        for kind, ys in labels.items():
+            y_fit, y_test = np.concatenate(ys[:half]), np.concatenate(ys[half:])
+            scores = x_test @ (ridge @ (y_fit - y_fit.mean(0)))
+            out[name][kind] = float(np.nanmean([roc_auc(scores[:, k], y_test[:, k])
+                                                for k in range(y_test.shape[1])]))
+    return out
+
+
+FAILURES = ("hit", "an interaction showing the object", "the answer's verb, object not shown",
+            "another interaction", "no interaction")
+
+
+def failure_types(data: Path, predictions: Path, split: str = "test") -> dict[str, float]:
+    """Where the top-1 windows of an Ego4D NLQ submission on an EgoSim split land: shares
+    of ``FAILURES`` (a miss is put on the interaction it overlaps most, IoU >= 0.3)."""
+    cfg = _config(data)
+    plans = {p.video_uid: p for p in plan_sessions(cfg) if p.split == split}
+    ann = json.loads((data / "annotations" / f"nlq_{split}.json").read_text())
+    clips, queries = {}, {}
+    for video in ann["videos"]:
+        tl = session_timeline(cfg, plans[video["video_uid"]])
+        shown = [set(tl.scene_objects[int(np.searchsorted(tl.scene_start, e.start_s + 1e-9))
+                                      - 1].tolist()) for e in tl.events]
+        for clip in video["clips"]:
+            clips[clip["clip_uid"]] = (clip["video_start_sec"], tl.events, shown)
+            for a in clip["annotations"]:
+                for i, q in enumerate(a["language_queries"]):
+                    queries[(clip["clip_uid"], a["annotation_uid"], i)] = q
+
+    def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+        inter = min(a[1], b[1]) - max(a[0], b[0])
+        return max(inter, 0.0) / (max(a[1], b[1]) - min(a[0], b[0]))
+
+    counts: Counter[str] = Counter()
+    for r in json.loads(predictions.read_text())["results"]:
+        q = queries[(r["clip_uid"], r["annotation_uid"], r["query_idx"])]
+        start, events, shown = clips[r["clip_uid"]]
+        top = (r["predicted_times"][0][0] + start, r["predicted_times"][0][1] + start)
+        if iou(top, (q["video_start_sec"], q["video_end_sec"])) >= 0.3:
+            counts[FAILURES[0]] += 1
+            continue
+        answer = next(e for e in events if abs(e.start_s - q["video_start_sec"]) < 1e-6)
+        j = max(range(len(events)), key=lambda k: iou(top, (events[k].start_s,
+                                                            events[k].end_s)))
+        if iou(top, (events[j].start_s, events[j].end_s)) < 0.3:
+            counts[FAILURES[4]] += 1
+        elif answer.obj >= 0 and answer.obj in shown[j]:
+            counts[FAILURES[1]] += 1
+        else:
+            counts[FAILURES[2] if events[j].verb == answer.verb else FAILURES[3]] += 1
+    total = sum(counts.values())
+    return {k: counts[k] / total for k in FAILURES}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="gaze-synth dataset directory")
     parser.add_argument("--estimator", type=Path, help="stage-1 checkpoint directory")
+    parser.add_argument("--grounding", type=Path, help="stage-2 checkpoint directory: "
+                        "probe its step embedding too")
+    parser.add_argument("--predictions", type=Path, help="Ego4D NLQ submission JSON on "
+                        "the split: its top-1 failure types")
     parser.add_argument("--split", default="val")
     args = parser.parse_args()
     est = None
@@ -88,7 +211,17 @@ def main() -> None:
         est = GazeEstimator(cfg.estimator)
         est.load_state_dict(checkpoint.load_weights(args.estimator))
         est.eval()
-    print(json.dumps(identification_rates(args.data, est, args.split)))
+    out: dict[str, object] = {"gaze": identification_rates(args.data, est, args.split)}
+    model = None
+    if args.grounding:
+        cfg = TrainConfig.from_dict(checkpoint.load_config(args.grounding)["train_config"])
+        model = GazeNLQ(cfg)
+        model.load_state_dict(checkpoint.load_weights(args.grounding))
+        model.eval()
+    out["concept_auc"] = concept_aucs(args.data, model.grounding if model else None, args.split)
+    if args.predictions:
+        out["failures"] = failure_types(args.data, args.predictions, args.split)
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":
