@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gazenlq.kernels import iou_matrix
 from gazenlq.store import GAZE_INPUT, GAZE_MAPS, VIDEO, FeatureStore
 from gazenlq.synth.config import GRID_SIDE, EgoSimConfig
 from gazenlq.synth.dataset import MANIFEST, plan_sessions, session_timeline, store_path
@@ -170,22 +171,19 @@ def failure_types(data: Path, predictions: Path, split: str = "test") -> dict[st
                 for i, q in enumerate(a["language_queries"]):
                     queries[(clip["clip_uid"], a["annotation_uid"], i)] = q
 
-    def iou(a: tuple[float, float], b: tuple[float, float]) -> float:
-        inter = min(a[1], b[1]) - max(a[0], b[0])
-        return max(inter, 0.0) / (max(a[1], b[1]) - min(a[0], b[0]))
-
     counts: Counter[str] = Counter()
     for r in json.loads(predictions.read_text())["results"]:
         q = queries[(r["clip_uid"], r["annotation_uid"], r["query_idx"])]
         start, events, shown = clips[r["clip_uid"]]
-        top = (r["predicted_times"][0][0] + start, r["predicted_times"][0][1] + start)
-        if iou(top, (q["video_start_sec"], q["video_end_sec"])) >= 0.3:
+        top = np.array([r["predicted_times"][0]]) + start
+        answer_window = np.array([[q["video_start_sec"], q["video_end_sec"]]])
+        if iou_matrix(top, answer_window)[0, 0] >= 0.3:
             counts[FAILURES[0]] += 1
             continue
         answer = next(e for e in events if abs(e.start_s - q["video_start_sec"]) < 1e-6)
-        j = max(range(len(events)), key=lambda k: iou(top, (events[k].start_s,
-                                                            events[k].end_s)))
-        if iou(top, (events[j].start_s, events[j].end_s)) < 0.3:
+        overlaps = iou_matrix(top, np.array([[e.start_s, e.end_s] for e in events]))[0]
+        j = int(np.argmax(overlaps))
+        if overlaps[j] < 0.3:
             counts[FAILURES[4]] += 1
         elif answer.obj >= 0 and answer.obj in shown[j]:
             counts[FAILURES[1]] += 1
