@@ -98,8 +98,7 @@ def render(tl: Timeline, world: World, cfg: EgoSimConfig, num_steps: int, sessio
         steps = np.arange(start, start + n)
         frames = steps[:, None] * grid.stride + (np.arange(SAMPLES_PER_STEP) + 0.5) * (
             grid.window / SAMPLES_PER_STEP)
-        scene = np.searchsorted(tl.scene_start, frames / grid.fps, side="right") - 1
-        scene = np.clip(scene, 0, len(tl.scene_start) - 1)
+        scene = tl.scene_at(frames / grid.fps)
         lo, hi = int(scene.min()), int(scene.max()) + 1
         sv, sg = _scene_vectors(tl, world, lo, hi, diff.hand_cue)
         video = sv[scene - lo].mean(axis=1)

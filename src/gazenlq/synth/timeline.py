@@ -61,6 +61,11 @@ class Timeline:
     fix_xy: np.ndarray  # [F, 2]
     untracked: np.ndarray  # [U, 2] intervals in seconds
 
+    def scene_at(self, seconds: float | np.ndarray) -> np.ndarray:
+        """Index of the scene showing at ``seconds`` (a scalar or an array of times)."""
+        scene = np.searchsorted(self.scene_start, seconds, side="right") - 1
+        return np.clip(scene, 0, len(self.scene_start) - 1)
+
 
 def answer_duration(rng: np.random.Generator) -> float:
     """Interaction length: split log-normal around 4 s (Ego4D answer windows)."""

@@ -32,6 +32,12 @@ def _proj(c_in: int, c_out: int) -> nn.Sequential:
                          nn.Linear(c_out, c_out), nn.LayerNorm(c_out), nn.ReLU())
 
 
+def _plus_skip(y: torch.Tensor, skip: nn.Linear | None, x: torch.Tensor) -> torch.Tensor:
+    """``y`` plus the linear projection of its input ``x`` when the model has one
+    (``GroundingConfig.embed_skip``)."""
+    return y if skip is None else y + skip(x)
+
+
 class Head(nn.Module):
     """Shared across levels: 2 x [conv k3, LN, ReLU] -> conv k3."""
 
@@ -161,9 +167,7 @@ class GroundingModel(nn.Module):
         if self.gaze_embed is not None:
             if gaze is None:
                 raise ValueError("this model was built with gaze; pass gaze tokens")
-            g = self.gaze_embed(gaze)
-            if self.gaze_skip is not None:
-                g = g + self.gaze_skip(gaze)
+            g = _plus_skip(self.gaze_embed(gaze), self.gaze_skip, gaze)
             g = g * mask.unsqueeze(-1).to(x.dtype)
             g = self.fusion.attend_gaze(x, g, mask)
         return x, g
@@ -173,14 +177,12 @@ class GroundingModel(nn.Module):
         x = video
         for layer in self.video_embed:
             x = layer(x, mask)
-        if self.video_skip is not None:
+        if self.video_skip is not None:  # masked: its bias must not reach padded steps
             x = x + self.video_skip(video) * mask.unsqueeze(-1).to(x.dtype)
         return x + self.position[: x.shape[1]].unsqueeze(0) * mask.unsqueeze(-1).to(x.dtype)
 
     def encode_text(self, tokens: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
-        t = self.text_embed(tokens)
-        if self.text_skip is not None:
-            t = t + self.text_skip(tokens)
+        t = _plus_skip(self.text_embed(tokens), self.text_skip, tokens)
         t = t * text_mask.unsqueeze(-1).to(tokens.dtype)
         for block in self.text_blocks:
             t = block(t, text_mask)

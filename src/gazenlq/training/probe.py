@@ -75,8 +75,7 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
             weights["predicted"] = cell_weights(maps)
         first, last = cfg.grid.step_bounds_s(np.arange(n))
         for e in tl.events:
-            scene = int(np.searchsorted(tl.scene_start, e.start_s + 1e-9)) - 1
-            visible = [int(o) for o in tl.scene_objects[scene] if o >= 0]
+            visible = [int(o) for o in tl.scene_objects[tl.scene_at(e.start_s)] if o >= 0]
             steps = np.flatnonzero((first >= e.start_s) & (last <= e.end_s))
             if e.obj < 0 or len(visible) < 2 or not len(steps):
                 continue
@@ -119,10 +118,11 @@ def concept_aucs(data: Path, grounding: GroundingModel | None = None, split: str
         video = FeatureStore.open(store_path(data, plan)).read(VIDEO, 0, max_steps)
         n = len(video)
         first, last = cfg.grid.step_bounds_s(np.arange(n))
-        scene = np.searchsorted(tl.scene_start, (first + last) / 2, side="right") - 1
+        scene = tl.scene_at((first + last) / 2)
+        shown = tl.scene_objects[scene]
+        step, slot = np.nonzero(shown >= 0)
         objects = np.zeros((n, len(OBJECTS)))
-        for i, s in enumerate(scene):
-            objects[i, tl.scene_objects[s][tl.scene_objects[s] >= 0]] = 1
+        objects[step, shown[step, slot]] = 1
         verb = np.where(tl.scene_verb[scene] >= 0, tl.scene_verb[scene], len(VERBS))
         labels["objects"].append(objects)
         labels["verbs"].append(np.eye(len(VERBS) + 1)[verb])
@@ -163,8 +163,7 @@ def failure_types(data: Path, predictions: Path, split: str = "test") -> dict[st
     clips, queries = {}, {}
     for video in ann["videos"]:
         tl = session_timeline(cfg, plans[video["video_uid"]])
-        shown = [set(tl.scene_objects[int(np.searchsorted(tl.scene_start, e.start_s + 1e-9))
-                                      - 1].tolist()) for e in tl.events]
+        shown = [set(tl.scene_objects[tl.scene_at(e.start_s)].tolist()) for e in tl.events]
         for clip in video["clips"]:
             clips[clip["clip_uid"]] = (clip["video_start_sec"], tl.events, shown)
             for a in clip["annotations"]:
@@ -210,13 +209,11 @@ def main() -> None:
         est.load_state_dict(checkpoint.load_weights(args.estimator))
         est.eval()
     out: dict[str, object] = {"gaze": identification_rates(args.data, est, args.split)}
-    model = None
     if args.grounding:
         cfg = TrainConfig.from_dict(checkpoint.load_config(args.grounding)["train_config"])
         model = GazeNLQ(cfg)
         model.load_state_dict(checkpoint.load_weights(args.grounding))
-        model.eval()
-    out["concept_auc"] = concept_aucs(args.data, model.grounding if model else None, args.split)
+        out["concept_auc"] = concept_aucs(args.data, model.grounding.eval(), args.split)
     if args.predictions:
         out["failures"] = failure_types(args.data, args.predictions, args.split)
     print(json.dumps(out))
