@@ -51,6 +51,7 @@ def paper_config() -> TrainConfig:
 def video_store(out: Path, hours: float, video_dim: int = VIDEO_DIM, cell_dim: int = CELL_DIM
                 ) -> Path:
     """One EgoSim session of ``hours`` with (by default) Ego4D feature widths, no gaze maps."""
+    from gazenlq.store import find_stores
     from gazenlq.synth.config import EgoSimConfig
     from gazenlq.synth.dataset import generate
 
@@ -58,7 +59,7 @@ def video_store(out: Path, hours: float, video_dim: int = VIDEO_DIM, cell_dim: i
                        video_dim=video_dim, cell_dim=cell_dim)
     path = out / f"video-{hours:g}h-{cfg.fingerprint()}"  # a new EgoSim config, a new store
     generate(cfg, path)
-    return next((path / "stores").glob("*.zarr"))
+    return find_stores(path / "stores")[0]
 
 
 def _torch_ground(graph, device: str, autocast: bool
@@ -157,7 +158,7 @@ def _runtime_ground(runtime) -> Callable[[dict[str, np.ndarray]], object]:
 def search_section(bundle: Path, store: Path, devices: Devices, batches: tuple[int, ...],
                    repeat: int) -> tuple[Section, dict]:
     """gaze-search end to end on every device: index build, then warm latency per query."""
-    from gazenlq.engine import SearchEngine, search
+    from gazenlq.engine import SearchEngine
     from gazenlq.engine.runtime import RuntimeOptions
 
     rows, summary = [], {}
@@ -169,12 +170,12 @@ def search_section(bundle: Path, store: Path, devices: Devices, batches: tuple[i
         engine = SearchEngine(bundle, RuntimeOptions(device=device, precision=precision))
         shutil.rmtree(store / "cache", ignore_errors=True)
         t0 = time.perf_counter()
-        search(engine, [store], QUERIES[:1])  # builds the index: the video graph runs
+        engine.index(store)  # builds the index: the video graph runs
         build = time.perf_counter() - t0
         times: dict[int, Timing] = {}
         for q in _batches(device, batches):
             queries = (QUERIES * 4)[:q]
-            times[q] = measure(lambda qs=queries, e=engine: search(e, [store], qs),
+            times[q] = measure(lambda qs=queries, e=engine: e.search(store, qs),
                                repeat=repeat, warmup=1)
         rows.append([device, precision, round(build, 3),
                      *(f"{times[q].median / q:.4f} [{times[q].p10 / q:.4f}-"
@@ -185,7 +186,7 @@ def search_section(bundle: Path, store: Path, devices: Devices, batches: tuple[i
     return Section("Search over the video, index present after the first search",
                    ["device", "precision", "first search, building the index (s)",
                     *(f"s per query, {q} per call" for q in batches), "notes"], rows,
-                   "gaze-search's engine (SearchEngine + search) end to end: text graph, "
+                   "gaze-search's engine (SearchEngine.search) end to end: text graph, "
                    "cached video embeddings, fused per-query graph, Numba Soft-NMS. "
                    "Seconds per query: median [p10-p90] of the call divided by its "
                    "queries."), summary

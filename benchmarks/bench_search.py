@@ -45,13 +45,14 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "peak_kib": kib("VmHWM")}
 
 def _store(hours: float) -> Path:
     """An EgoSim session of ``hours`` (no gaze maps: search does not read them)."""
+    from gazenlq.store import find_stores
     from gazenlq.synth.config import EgoSimConfig
     from gazenlq.synth.dataset import generate
 
     cfg = EgoSimConfig(seed=7, sessions=1, session_hours=hours, gaze_fraction=0.0)
     out = OUT / f"video-{hours:g}h-{cfg.fingerprint()}"  # a new EgoSim config, a new store
     generate(cfg, out)
-    return next((out / "stores").glob("*.zarr"))
+    return find_stores(out / "stores")[0]
 
 
 def _child(args: list[str]) -> tuple[dict, float]:
@@ -69,7 +70,7 @@ def main() -> None:
                     "bundle exported into benchmarks/out/search")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    from gazenlq.engine import SearchEngine, SearchOptions, search
+    from gazenlq.engine import SearchEngine, SearchOptions
     from gazenlq.store import FeatureStore
 
     if args.bundle is None:
@@ -116,18 +117,16 @@ def main() -> None:
                      "post-processing", "text"])
     curve = []
     for h, store in stores.items():
-        search(engine, [store], QUERIES[:1])  # make sure the index exists
+        engine.index(store)  # make sure the index exists
         for batch in (1, 8, 32) if h <= 1 else (1, 8):
             queries = (QUERIES * 4)[:batch]
-            t = measure(lambda q=queries, s=store: search(engine, [s], q),
+            t = measure(lambda q=queries, s=store: engine.search(s, q),
                         repeat=5 if h <= 1 else 3, warmup=1)
             warm.rows.append([labels[h], batch, f"{t.median:.4f} [{t.p10:.4f}-{t.p90:.4f}]",
                               round(t.median / batch, 4), round(batch / t.median, 1)])
             curve.append({"hours": h, "batch": batch, "median_s": t.median, "p10_s": t.p10,
                           "p90_s": t.p90})
-        engine.timings = type(engine.timings)()
-        search(engine, [store], QUERIES)
-        tm = engine.timings
+        tm = engine.search(store, QUERIES).timings
         split.rows.append([labels[h], *(round(v, 4) for v in (
             tm.io, tm.video_model, tm.cache_read, tm.ground_model, tm.postprocess, tm.text))])
     no_cache = SearchEngine(bundle, options=SearchOptions(use_cache=False, write_cache=False))
@@ -135,10 +134,10 @@ def main() -> None:
                     ["video", "no cache s", "cached s", "ratio"])
     for h, store in stores.items():
         t0 = time.perf_counter()
-        search(no_cache, [store], QUERIES)
+        no_cache.search(store, QUERIES)
         a = time.perf_counter() - t0
         t0 = time.perf_counter()
-        search(engine, [store], QUERIES)
+        engine.search(store, QUERIES)
         b = time.perf_counter() - t0
         exact.rows.append([labels[h], round(a, 3), round(b, 3), round(a / b, 2)])
     exact.notes = "One run each, after the warm measurements above (index present)."

@@ -46,7 +46,7 @@ print(json.dumps({"seconds": dt, "steps": steps, "bytes": nbytes, "num_steps": s
 
 def _generate(name: str, **cfg_kw) -> tuple[Path, float, int]:
     """One EgoSim dataset written fresh; returns (dir, seconds, total steps)."""
-    from gazenlq.store import FeatureStore
+    from gazenlq.store import FeatureStore, find_stores
     from gazenlq.synth.config import EgoSimConfig
     from gazenlq.synth.dataset import generate
 
@@ -55,7 +55,7 @@ def _generate(name: str, **cfg_kw) -> tuple[Path, float, int]:
     t0 = time.perf_counter()
     generate(EgoSimConfig(**cfg_kw), out, jobs=1)
     dt = time.perf_counter() - t0
-    steps = sum(FeatureStore.open(p).num_steps for p in (out / "stores").glob("*.zarr"))
+    steps = sum(FeatureStore.open(p).num_steps for p in find_stores(out / "stores"))
     return out, dt, steps
 
 
@@ -70,6 +70,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     args = ap.parse_args()
+    from gazenlq.store import find_stores
+
     hours = (0.1, 1.0) if args.quick else (1.0, 10.0)
 
     gen = Section("EgoSim generation speed (1 process)",
@@ -82,7 +84,7 @@ def main() -> None:
     for h in hours:
         out, dt, steps = _generate(f"long-{h:g}h", sessions=1, session_hours=h,
                                    gaze_fraction=1.0)
-        stores[h] = next((out / "stores").glob("*.zarr"))
+        stores[h] = find_stores(out / "stores")[0]
         gen.rows.append([f"{h:g} h session, gaze maps", 1, steps, round(dt, 2),
                          round(steps / dt)])
     gen.notes = ("Default config: Dv 256, Dg 512 (4x4 cells x 32), float16, Blosc-zstd "

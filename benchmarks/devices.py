@@ -1,7 +1,7 @@
 """What this machine can run: CPU always; CUDA and TensorRT backends when present, else why not.
 
 Detection goes through the same checks the product uses (``gazenlq.training.device``,
-``gazenlq.engine.runtime.DEVICES``, ``gazenlq.export.tensorrt.require_tensorrt``), so a
+``gazenlq.engine.runtime.DEVICES``, ``gazenlq.bundle.trt.require_tensorrt``), so a
 benchmark skips exactly where the product would refuse, with the product's message.
 """
 
@@ -64,8 +64,8 @@ def _ort() -> tuple[tuple[str, ...], str, str]:
 
 
 def _trt_native() -> str:
+    from gazenlq.bundle.trt import require_tensorrt
     from gazenlq.errors import GazeNLQError
-    from gazenlq.export.tensorrt import require_tensorrt
 
     try:
         require_tensorrt()

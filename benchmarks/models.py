@@ -1,5 +1,7 @@
 """Random-weight checkpoints and bundles for the speed benchmarks (latency does not depend on
-the weights, so no training run is needed; accuracy lives in docs/results.md)."""
+the weights, so no training run is needed; accuracy lives in docs/results.md). They record
+the time grid of the stores they are meant for (EgoSim's default, Ego4D's), as trained
+checkpoints do, since gaze-export refuses a checkpoint without one."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from gazenlq.timegrid import EGO4D, TimeGrid
 from gazenlq.training.config import TrainConfig, preset
 from gazenlq.training.model import GazeNLQ, with_dims
 
@@ -20,34 +23,40 @@ def config(name: str, *, video_dim: int, gaze_dim: int, variant: str = "gaze") -
                      variant=variant)
 
 
-def random_checkpoint(cfg: TrainConfig, path: Path, seed: int = 0) -> Path:
-    """A stage-2 checkpoint of ``cfg`` with seeded random weights, as gaze-export reads it."""
+def random_checkpoint(cfg: TrainConfig, path: Path, seed: int = 0, grid: TimeGrid = EGO4D
+                      ) -> Path:
+    """A stage-2 checkpoint of ``cfg`` with seeded random weights for stores on ``grid``, as
+    gaze-export reads it."""
     from gazenlq.training import checkpoint
 
     torch.manual_seed(seed)
     model = GazeNLQ(cfg)
     checkpoint.save(path, config={"kind": "gazenlq", "train_config": cfg.to_dict(),
-                                  "epoch": 0, "metrics": {}}, weights=model.state_dict())
+                                  "epoch": 0, "metrics": {}, **checkpoint.grid_entry(grid)},
+                    weights=model.state_dict())
     return path
 
 
-def random_bundle(cfg: TrainConfig, out: Path, *, fp16: bool = False, trt: bool = False
-                  ) -> Path:
-    """A validated gaze-export bundle of a random-weight ``cfg`` (reused when present)."""
+def random_bundle(cfg: TrainConfig, out: Path, *, fp16: bool = False, trt: bool = False,
+                  grid: TimeGrid = EGO4D) -> Path:
+    """A validated gaze-export bundle of a random-weight ``cfg`` for stores on ``grid``
+    (reused when present)."""
+    from gazenlq.bundle.manifest import verify_bundle
+    from gazenlq.bundle.trt import ENGINE_DIR
     from gazenlq.errors import GazeNLQError
     from gazenlq.export.exporter import export_bundle
-    from gazenlq.export.manifest import verify_bundle
-    from gazenlq.export.tensorrt import ENGINE_DIR, TrtOptions
+    from gazenlq.export.tensorrt import TrtOptions
 
     bundle = out / "bundle"
     try:
         manifest = verify_bundle(bundle)
-        same = manifest.model == json.loads(json.dumps(cfg.to_dict()))
+        same = manifest.model == json.loads(json.dumps(cfg.to_dict())) and \
+            manifest.time_grid == grid
         if same and (not fp16 or "fp16" in manifest.graphs) and (
                 not trt or (bundle / ENGINE_DIR).is_dir()):
             return bundle
     except (GazeNLQError, OSError):  # absent or stale: export afresh
         pass
-    ckpt = random_checkpoint(cfg, out / "checkpoint")
+    ckpt = random_checkpoint(cfg, out / "checkpoint", grid=grid)
     export_bundle(ckpt, bundle, fp16=fp16, trt=TrtOptions(fp16=True) if trt else None)
     return bundle

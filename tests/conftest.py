@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,10 @@ NLQ_VAL = REPO.parent / "shared" / "data" / "ego4d_nlq" / "nlq_val.json"
 BIN = Path(sys.executable).parent
 
 os.environ.setdefault("GAZENLQ_NO_PROGRESS", "1")
+# the default bundle lives in the user data directory: tests (and the commands they start)
+# get their own, empty one, and no bundle from the environment
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="gazenlq-test-data-")
+os.environ.pop("GAZENLQ_BUNDLE", None)
 
 
 @pytest.fixture(scope="session")

@@ -174,3 +174,14 @@ def test_console_script(tmp_path, preds, gt):
     assert err.stdout == ""
     assert err.stderr.count("\n") == 1 and "Traceback" not in err.stderr
     assert err.stderr.startswith(f"error: {bad}: results[0]: unknown query")
+
+
+def test_examples_show_top1_beside_the_ground_truth(capsys, preds, gt):
+    out, _ = run_ok(capsys, preds, gt, "--examples", 2, "--iou", 0.5)
+    lines = out.splitlines()
+    assert lines[0].split()[:2] == ["query", "answer"] and lines[0].split()[-1] == "hit@0.5"
+    assert "where is thing 0?" in lines[2] and lines[2].split()[-2:] == ["1.00", "hit"]
+    # query 1's top-1 is [100, 110] against [10, 20]: IoU 0, a miss
+    assert "where is thing 1?" in lines[3] and lines[3].split()[-2:] == ["0.00", "miss"]
+    assert "1 of 2 shown answers hit" in out
+    assert out.rstrip().splitlines()[-1].split()[0] != "query"  # the metrics table follows

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gazenlq.engine import SearchEngine, SearchOptions, search
+from gazenlq.engine import SearchEngine, SearchOptions, Timings
 from gazenlq.nlq.annotations import load_queries
 from tests.conftest import script
 
@@ -32,12 +32,12 @@ def test_engine_top5_equals_pytorch_on_every_val_query(tiny_trained, tiny_bundle
     windows (to 0.03 steps): the engine's search of each clip against PyTorch inference."""
     import torch
 
+    from gazenlq.bundle import level_sizes
     from gazenlq.kernels import postprocess_query
     from gazenlq.text import build_text_encoder, load_tokenizer
     from gazenlq.training import checkpoint
     from gazenlq.training.config import TrainConfig
     from gazenlq.training.data import TextFeatures, clip_items
-    from gazenlq.training.grounding import level_sizes
     from gazenlq.training.infer import clip_inputs
     from gazenlq.training.model import GazeNLQ
 
@@ -62,8 +62,9 @@ def test_engine_top5_equals_pytorch_on_every_val_query(tiny_trained, tiny_bundle
                     v.expand(n, -1, -1), ge.expand(n, -1, -1), mask.expand(n, -1), tokens,
                     tmask)
             logits = logits.masked_fill(~pmask, float("-inf")).numpy()
-            etok, emask = engine.encode_queries([q.text for q in item.queries])
-            scan = engine.scan(item.store, etok, emask, start=item.first, stop=item.stop)
+            etok, emask = engine._encode([q.text for q in item.queries], Timings())
+            scan = engine._scan(item.store, etok, emask, Timings(), top_k=5,
+                                start=item.span.first, stop=item.span.stop)
             for qi in range(n):
                 ref = postprocess_query(logits[qi], dists[qi].numpy(),
                                         level_sizes(video.shape[1], g.levels), g.strides)
@@ -83,19 +84,19 @@ def test_second_search_uses_the_cache_and_a_stale_cache_is_rebuilt(tiny_trained,
                                                                   tmp_path):
     data, _ = tiny_trained
     store = _fresh_copy(_stores(data)[0], tmp_path / "v.zarr")
-    first = SearchEngine(tiny_bundle)
-    a = search(first, [store], ["where did I put the knife"])
-    assert first.timings.video_model > 0 and first.timings.cached_windows == 0
-    second = SearchEngine(tiny_bundle)
-    b = search(second, [store], ["where did I put the knife"])
-    assert second.timings.video_model == 0
-    assert second.timings.cached_windows == second.timings.windows > 0
+    engine = SearchEngine(tiny_bundle)
+    a = engine.search(store, ["where did I put the knife"])
+    assert a.timings.video_model > 0 and a.timings.cached_windows == 0
+    b = SearchEngine(tiny_bundle).search(store, ["where did I put the knife"])
+    assert b.timings.video_model == 0  # each result carries its own call's timings
+    assert b.timings.cached_windows == b.timings.windows > 0
+    assert engine.search(store, "where did I put the knife").timings.video_model == 0
     assert [m.__dict__ for m in a[0].moments] == [m.__dict__ for m in b[0].moments]
     # another bundle (here: the same graphs, the video graph re-saved with another doc
     # string, so its sha256 differs) must not read this cache, and replaces it
     import onnx
 
-    from gazenlq.export.manifest import sha256_file
+    from gazenlq.bundle.manifest import sha256_file
 
     other = tmp_path / "other_bundle"
     shutil.copytree(tiny_bundle, other)
@@ -108,9 +109,8 @@ def test_second_search_uses_the_cache_and_a_stale_cache_is_rebuilt(tiny_trained,
                                      "bytes": (other / video_file).stat().st_size}
     (other / "manifest.json").write_text(json.dumps(manifest))
     old = {p.name for p in (store / "cache").iterdir() if p.is_dir()}
-    third = SearchEngine(other)
-    c = search(third, [store], ["where did I put the knife"])
-    assert third.timings.video_model > 0 and third.timings.cached_windows == 0
+    c = SearchEngine(other).search([store], ["where did I put the knife"])
+    assert c.timings.video_model > 0 and c.timings.cached_windows == 0
     assert [m.__dict__ for m in c[0].moments] == [m.__dict__ for m in a[0].moments]
     new = {p.name for p in (store / "cache").iterdir() if p.is_dir()}
     assert len(new) == 1 and new != old  # the stale cache of the same plan was replaced
@@ -123,7 +123,9 @@ def test_collection_ranks_across_videos_and_windows_cover_long_videos(tiny_train
     engine = SearchEngine(tiny_bundle, options=SearchOptions(top_k=7, window=256, overlap=64,
                                                              use_cache=False,
                                                              write_cache=False))
-    [res] = search(engine, stores, ["what did I put in the box"])
+    found = engine.search(data.stores, ["what did I put in the box"])
+    assert found.stores == stores
+    [res] = found
     assert len(res.moments) == 7
     scores = [m.score for m in res.moments]
     assert scores == sorted(scores, reverse=True)
@@ -133,7 +135,7 @@ def test_collection_ranks_across_videos_and_windows_cover_long_videos(tiny_train
                  for p in stores}
     for m in res.moments:
         assert m.video in durations and 0 <= m.start_s <= m.end_s <= durations[m.video]
-    assert engine.timings.windows > len(stores)  # several windows per video
+    assert found.timings.windows > len(stores)  # several windows per video
 
 
 def test_search_imports_no_torch(tiny_trained, tiny_bundle):
@@ -146,6 +148,10 @@ def test_search_imports_no_torch(tiny_trained, tiny_bundle):
                   {str(tiny_bundle)!r}, "--json", "--no-cache"])
         except SystemExit as e:
             assert not e.code, e.code
+        from gazenlq import SearchEngine
+        result = SearchEngine.from_bundle({str(tiny_bundle)!r}, use_cache=False).search(
+            {str(_stores(data)[0])!r}, "where did I put the knife")
+        assert result[0].moments
         bad = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
         assert not bad, bad[:5]
         print("NO_TORCH")
@@ -258,7 +264,8 @@ def test_devices_that_are_not_here_fail_in_one_line(tiny_trained, tiny_bundle):
 def test_native_tensorrt_engines_match_onnxruntime(tiny_trained, tiny_bundle, tmp_path):
     if importlib.util.find_spec("tensorrt") is None:
         pytest.skip("tensorrt is not installed (pip install 'gazenlq[trt]' on a GPU machine)")
-    from gazenlq.export.tensorrt import TrtOptions, build_engines, gpu_compute_capability
+    from gazenlq.bundle.trt import gpu_compute_capability
+    from gazenlq.export.tensorrt import TrtOptions, build_engines
 
     if gpu_compute_capability() is None:
         pytest.skip("no NVIDIA GPU (nvidia-smi found none)")
@@ -271,7 +278,7 @@ def test_native_tensorrt_engines_match_onnxruntime(tiny_trained, tiny_bundle, tm
     store = _stores(data)[0]
     query = ["where did I put the knife"]
     opts = SearchOptions(use_cache=False, write_cache=False)
-    cpu = search(SearchEngine(bundle, options=opts), [store], query)
-    gpu = search(SearchEngine(bundle, RuntimeOptions("trt-native"), opts), [store], query)
+    cpu = SearchEngine(bundle, options=opts).search(store, query)
+    gpu = SearchEngine(bundle, RuntimeOptions("trt-native"), opts).search(store, query)
     np.testing.assert_allclose([m.score for m in gpu[0].moments],
                                [m.score for m in cpu[0].moments], atol=1e-3)

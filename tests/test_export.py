@@ -17,16 +17,11 @@ import onnx
 import pytest
 import torch
 
+from gazenlq.bundle.manifest import MANIFEST, VERSION, TensorSpec, verify_bundle
+from gazenlq.bundle.trt import check_engine_sidecar, gpu_compute_capability, read_sidecar
 from gazenlq.export.exporter import check_bundle, export_bundle
-from gazenlq.export.manifest import MANIFEST, VERSION, TensorSpec, verify_bundle
 from gazenlq.export.onnx_export import io_problems
-from gazenlq.export.tensorrt import (
-    TrtOptions,
-    build_engines,
-    check_engine_sidecar,
-    gpu_compute_capability,
-    read_sidecar,
-)
+from gazenlq.export.tensorrt import TrtOptions, build_engines
 from gazenlq.export.validate import ort_session
 from gazenlq.kernels import PostprocessConfig
 from gazenlq.nlq.annotations import load_queries
@@ -93,9 +88,9 @@ def test_manifest_describes_the_bundle(trained, exported):
     assert manifest.version == VERSION and manifest.model == cfg
     assert manifest.variant == "gaze" and manifest.uses_gaze
     assert manifest.dims == {"video_dim": 256, "gaze_dim": 512, "text_dim": 384, "hidden": 16}
-    assert manifest.time_grid == EGO4D
+    assert manifest.time_grid == EGO4D == checkpoint.time_grid(ckpt)  # the stores' grid
     assert manifest.strides == (1, 2, 4) and manifest.length_multiple == 4
-    assert PostprocessConfig(**manifest.postprocess) == PostprocessConfig()
+    assert manifest.postprocess == PostprocessConfig()
     assert manifest.text["max_tokens"] == 32 and (bundle / manifest.text["tokenizer"]).is_file()
     assert set(manifest.files) == set(report["files"]) - {MANIFEST}
     assert {"torch", "onnx", "onnxruntime", "onnxscript"} <= set(manifest.exporter)
@@ -276,7 +271,8 @@ def test_no_gaze_variant_exports_without_gaze_inputs(tmp_path):
     cfg = replace(cfg, grounding=replace(cfg.grounding, branch_blocks=3))
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
-    checkpoint.save(ckpt, config={"kind": "gazenlq", "train_config": cfg.to_dict()},
+    checkpoint.save(ckpt, config={"kind": "gazenlq", "train_config": cfg.to_dict(),
+                                  **checkpoint.grid_entry(EGO4D)},
                     weights=GazeNLQ(cfg).state_dict())
     report = export_bundle(ckpt, tmp_path / "bundle", threads=1)
     assert report.ok and report.agreement["fp32"].top5 >= 0.99
@@ -297,7 +293,8 @@ def test_control_variant_exports_its_own_gaze_tokens(tmp_path):
     torch.manual_seed(0)
     weights = GazeNLQ(cfg).state_dict()
     ckpt = tmp_path / "ckpt"
-    checkpoint.save(ckpt, config={"kind": "gazenlq", "train_config": cfg.to_dict()},
+    checkpoint.save(ckpt, config={"kind": "gazenlq", "train_config": cfg.to_dict(),
+                                  **checkpoint.grid_entry(EGO4D)},
                     weights=weights)
     report = export_bundle(ckpt, tmp_path / "bundle", threads=1)
     assert report.ok and report.agreement["fp32"].top5 >= 0.99

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gazenlq.errors import GazeNLQError, MissingDependencyError
-from gazenlq.export.manifest import (
+from gazenlq.bundle import PostprocessConfig
+from gazenlq.bundle.manifest import (
     FORMAT,
     MANIFEST,
     VERSION,
@@ -23,18 +23,16 @@ from gazenlq.export.manifest import (
     read_manifest,
     verify_bundle,
 )
-from gazenlq.export.tensorrt import (
+from gazenlq.bundle.trt import (
     EngineMismatchError,
-    TrtOptions,
-    axis_ranges,
-    build_plan,
     check_engine_sidecar,
     engine_sidecar,
     parse_compute_capability,
-    profile_shapes,
     read_sidecar,
     require_tensorrt,
 )
+from gazenlq.errors import GazeNLQError, MissingDependencyError
+from gazenlq.export.tensorrt import TrtOptions, axis_ranges, build_plan, profile_shapes
 from gazenlq.timegrid import EGO4D
 
 GROUND = GraphSpec("ground", "ground.onnx", "fp32", (
@@ -54,7 +52,8 @@ def bundle(tmp_path) -> Path:
         variant="none", model={"grounding": {"hidden": 8}}, dims={"video_dim": 8,
                                                                   "gaze_dim": None},
         time_grid=EGO4D, strides=(1, 2, 4), length_multiple=4, max_len=2560,
-        text={"tokenizer": "tokenizer.json", "max_tokens": 32}, postprocess={"top_k": 5},
+        text={"tokenizer": "tokenizer.json", "max_tokens": 32},
+        postprocess=PostprocessConfig(top_k=5),
         graphs={"fp32": {"ground": GROUND}},
         files={n: file_entry(tmp_path / n) for n in ("ground.onnx", "tokenizer.json")})
     (tmp_path / MANIFEST).write_text(json.dumps(manifest.to_dict()))
@@ -104,7 +103,7 @@ def test_graph_files_must_be_hashed(bundle):
 
 
 def test_torch_free_modules_import_neither_torch_nor_onnx():
-    code = ("import sys, gazenlq.export, gazenlq.export.manifest, gazenlq.export.tensorrt; "
+    code = ("import sys, gazenlq.export, gazenlq.bundle.manifest, gazenlq.export.tensorrt; "
             "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

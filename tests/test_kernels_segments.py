@@ -19,7 +19,7 @@ from gazenlq.kernels import (
     soft_nms,
 )
 from gazenlq.kernels import decode as decode_module
-from gazenlq.kernels import segments as segments_module
+from gazenlq.kernels import softnms as segments_module
 from gazenlq.timegrid import EGO4D
 from tests.kernel_reference import decode_reference, iou_one_to_many
 

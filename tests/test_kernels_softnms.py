@@ -342,11 +342,11 @@ CACHE_PROBE = textwrap.dedent("""
     import json
     from numba.core.registry import CPUDispatcher
     from gazenlq import kernels
-    from gazenlq.kernels import _boundary, decode, segments, softnms
+    from gazenlq.kernels import _boundary, decode, softnms
 
     kernels.warm_up()
     stats = {}
-    for module in (_boundary, decode, segments, softnms):
+    for module in (_boundary, decode, softnms):
         for name, obj in vars(module).items():
             if isinstance(obj, CPUDispatcher):
                 s = obj.stats

@@ -44,11 +44,19 @@ def test_invalid_grid():
 
 @given(st.floats(0, 1200), st.floats(0, 3600))
 def test_clip_local_coordinates_round_trip(t_clip, clip_start):
-    first, _ = EGO4D.clip_steps(clip_start, clip_start + 480.0, 10**6)
-    x = EGO4D.clip_to_steps(t_clip, clip_start, first)
-    assert EGO4D.steps_to_clip(x, clip_start, first) == pytest.approx(t_clip, abs=1e-6)
+    span = EGO4D.clip(clip_start, clip_start + 1200.0, 10**6)
+    x = span.to_steps(t_clip)
+    assert span.to_seconds(x) == pytest.approx(t_clip, abs=1e-6)
     # the local coordinate is the video coordinate shifted by the clip's first step
-    assert x + first == pytest.approx(float(EGO4D.to_steps(clip_start + t_clip)), abs=1e-6)
+    assert x + span.first == pytest.approx(float(EGO4D.to_steps(clip_start + t_clip)), abs=1e-6)
+
+
+def test_clip_span_clamps_seconds_to_the_clip():
+    span = EGO4D.clip(2340.0, 2820.0, 10**6)
+    assert (span.first, span.stop, span.length, span.duration_s) == (4387, 5288, 901, 480.0)
+    far = span.to_steps(np.array([-10.0, 500.0]))
+    assert span.to_seconds(far).tolist() == [0.0, 480.0]
+    assert span.to_seconds(far, clamp=False) == pytest.approx([-10.0, 500.0])
 
 
 def test_clip_steps_clamped():

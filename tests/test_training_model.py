@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from gazenlq.bundle import level_sizes
 from gazenlq.training.config import PRESETS, GazeEstimatorConfig, GroundingConfig, OptimConfig
 from gazenlq.training.estimator import GazeEstimator
-from gazenlq.training.grounding import GroundingModel, QueryGate, level_sizes
+from gazenlq.training.grounding import GroundingModel, QueryGate
 from gazenlq.training.layers import Attention, _softmax, local_attention
 from gazenlq.training.targets import (
     PositiveNormaliser,

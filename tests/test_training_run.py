@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from gazenlq.nlq.annotations import load_queries
 from gazenlq.synth.config import EgoSimConfig
 from gazenlq.synth.dataset import generate
+from gazenlq.timegrid import EGO4D
 from gazenlq.training import checkpoint
 from gazenlq.training.config import GazeEstimatorConfig, TrainConfig, preset
 from gazenlq.training.data import GroundingDataset, clip_items
@@ -123,6 +124,8 @@ def test_checkpoint_is_self_describing(tiny_data, text, tmp_path):
     conf = checkpoint.load_config(tmp_path / "r" / "stage2" / "best")
     restored = TrainConfig.from_dict(conf["train_config"])
     assert restored.grounding.gaze == "none" and restored.grounding.video_dim == 256
+    for ckpt in ("best", "last"):  # the stores' time grid travels with the model
+        assert checkpoint.time_grid(tmp_path / "r" / "stage2" / ckpt) == EGO4D
     assert restored.grounding.hidden == 16 and restored.train_max_len == 128
     hist = [json.loads(line) for line in
             (tmp_path / "r" / "stage2" / "metrics.jsonl").read_text().splitlines()]
@@ -184,7 +187,7 @@ def test_table_plan_runs_stage1_once_per_seed_before_its_gaze_runs(tmp_path):
 
 
 def test_probe_true_gaze_names_the_handled_object_far_more_often_than_pooling(tiny_data):
-    from gazenlq.training.probe import identification_rates
+    from tools.probe import identification_rates
 
     est = GazeEstimator(GazeEstimatorConfig(in_dim=512, hidden=16, glu_layers=1, heads=2,
                                             embed_dim=16)).eval()
@@ -196,7 +199,7 @@ def test_probe_true_gaze_names_the_handled_object_far_more_often_than_pooling(ti
 
 
 def test_roc_auc_known_values():
-    from gazenlq.training.probe import roc_auc
+    from tools.probe import roc_auc
 
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])) == 0.75
     assert roc_auc(np.arange(6.0), np.array([0, 0, 0, 1, 1, 1])) == 1.0
@@ -206,7 +209,7 @@ def test_roc_auc_known_values():
 
 def test_embedding_probe_sees_objects_the_nonlinear_embedding_blurs(tiny_data):
     from gazenlq.training.grounding import GroundingModel
-    from gazenlq.training.probe import concept_aucs
+    from tools.probe import concept_aucs
 
     small = preset("small").grounding
     aucs = {}
@@ -225,7 +228,7 @@ def test_embedding_probe_sees_objects_the_nonlinear_embedding_blurs(tiny_data):
 
 def test_failure_types_of_exact_and_swapped_answers(tiny_data, tmp_path):
     from gazenlq.nlq.submission import Entry, write_submission
-    from gazenlq.training.probe import FAILURES, failure_types
+    from tools.probe import FAILURES, failure_types
 
     queries = load_queries(tiny_data.train).with_text()
     by_clip: dict[str, list] = {}

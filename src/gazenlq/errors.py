@@ -17,3 +17,12 @@ class AnnotationError(GazeNLQError):
 
 class MissingDependencyError(GazeNLQError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ParameterError(GazeNLQError):
+    """A library argument is out of range. ``param`` names the parameter (the CLI shows the
+    matching option instead); the message says what was expected."""
+
+    def __init__(self, param: str, value: object, expected: str) -> None:
+        self.param, self.value, self.expected = param, value, expected
+        super().__init__(f"{param}={value!r}: {expected}")

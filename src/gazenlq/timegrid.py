@@ -83,17 +83,47 @@ class TimeGrid:
         sl = self.clip_slice(start_s, end_s)
         return min(sl.start, num_steps), min(sl.stop, num_steps)
 
-    def clip_to_steps(self, t_clip, clip_start_s: float, first_step: int):
-        """Clip seconds -> continuous step coordinate local to a clip's feature slice."""
-        return self.to_steps(np.asarray(t_clip, dtype=np.float64) + clip_start_s) - first_step
-
-    def steps_to_clip(self, x, clip_start_s: float, first_step: int):
-        """Local step coordinate of a clip's feature slice -> clip seconds (inverse)."""
-        return self.to_seconds(np.asarray(x, dtype=np.float64) + first_step) - clip_start_s
+    def clip(self, start_s: float, end_s: float, num_steps: int) -> ClipSpan:
+        """The clip ``[start_s, end_s]`` (video seconds) of a video with ``num_steps`` steps:
+        its feature steps and the conversions between them and clip seconds."""
+        first, stop = self.clip_steps(start_s, end_s, num_steps)
+        return ClipSpan(self, float(start_s), float(end_s), first, stop)
 
     def segments_to_seconds(self, segments, duration_s: float) -> np.ndarray:
         """``[N, 2]`` segments in step coordinates -> seconds, clamped to ``[0, duration_s]``."""
         return np.clip(self.to_seconds(segments), 0.0, duration_s)
+
+
+@dataclass(frozen=True)
+class ClipSpan:
+    """A clip inside its video's features: the one "clip window -> steps -> clip seconds" rule.
+
+    ``[first, stop)`` are the clip's steps (official slicing, :meth:`TimeGrid.clip_steps`);
+    models see them as local steps ``0 .. stop - first`` and answer in clip seconds."""
+
+    grid: TimeGrid
+    start_s: float
+    end_s: float
+    first: int
+    stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.first
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    def to_steps(self, t_clip):
+        """Clip seconds -> continuous step coordinate local to the clip's steps."""
+        return self.grid.to_steps(np.asarray(t_clip, dtype=np.float64) + self.start_s) - self.first
+
+    def to_seconds(self, x, *, clamp: bool = True):
+        """Local step coordinate(s) -> clip seconds (exact inverse of :meth:`to_steps`),
+        clamped to ``[0, duration_s]`` unless ``clamp`` is False."""
+        t = self.grid.to_seconds(np.asarray(x, dtype=np.float64) + self.first) - self.start_s
+        return np.clip(t, 0.0, self.duration_s) if clamp else t
 
 
 EGO4D = TimeGrid()

@@ -9,13 +9,34 @@ from collections.abc import Iterable, Sequence
 
 import typer
 
-from gazenlq.errors import GazeNLQError
+from gazenlq.errors import GazeNLQError, ParameterError
 
 try:  # typer >= 0.24 vendors its own click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer on the real click
     from click.exceptions import ClickException, NoArgsIsHelpError
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from gazenlq import __version__
+
+        print(f"gazenlq {__version__}")
+        raise typer.Exit()
+
+
+VERSION_OPTION = typer.Option("--version", callback=_print_version, is_eager=True,
+                              help="Print gazenlq's version and exit.")
+"""Every command's ``--version`` (add ``version: Annotated[bool, VERSION_OPTION] = False``)."""
+
+
+def flag_for(exc: ParameterError, flags: dict[str, str] | None = None) -> str:
+    """The library error as the CLI's words: ``window=100: ...`` -> ``--window 100: ...``
+    (``flags`` maps parameters whose option or argument is named otherwise)."""
+    name = (flags or {}).get(exc.param, f"--{exc.param.replace('_', '-')}")
+    value = repr(exc.value) if isinstance(exc.value, str) else exc.value
+    return f"{name} {value}: {exc.expected}"
 
 
 def make_app(help: str) -> typer.Typer:
@@ -30,8 +51,10 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> None:
-    """Run ``app``; user errors and usage errors become one line on stderr and exit code 2.
+def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
+        flags: dict[str, str] | None = None) -> None:
+    """Run ``app``; user errors and usage errors become one line on stderr and exit code 2
+    (library parameter errors name the option: ``flags`` maps parameter -> option).
 
     Zarr reads run on an asyncio loop: when one chunk read fails, its sibling reads may
     still be pending at exit, and asyncio would then log "Task was destroyed but it is
@@ -51,6 +74,8 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None) -> 
         raise SystemExit(exc.exit_code) from None
     except ClickException as exc:
         fail(f"{prog_name}: {exc.format_message()}")
+    except ParameterError as exc:
+        fail(flag_for(exc, flags))
     except GazeNLQError as exc:
         fail(str(exc))
     except KeyboardInterrupt:

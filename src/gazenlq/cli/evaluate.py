@@ -5,17 +5,20 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, make_app, print_json, print_table, run
 from gazenlq.nlq.annotations import load_queries
 from gazenlq.nlq.evaluation import (
     DEFAULT_KS,
     DEFAULT_THRESHOLDS,
     EvalResult,
+    Example,
     evaluate,
     evaluate_by_template,
+    examples,
 )
 from gazenlq.nlq.submission import load_submission
 
@@ -31,6 +34,10 @@ def evaluate_command(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON object, not a table."),
     by_template: bool = typer.Option(False, "--by-template", help="Add one row per query "
                                      "template (JSON: a 'templates' object)."),
+    show: int = typer.Option(0, "--examples", min=0, help="Also print the first N queries' "
+                             "top-1 answer beside the ground truth (hit: IoU > the first "
+                             "--iou threshold)."),
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """Validate PREDICTIONS, evaluate it against GROUND_TRUTH and print the scores.
 
@@ -52,7 +59,21 @@ def evaluate_command(
             out["templates"] = {name: r.to_dict() for name, r in templates.items()}
         print_json(out)
     else:
+        if show:
+            _print_examples(examples(entries, table, show, source=str(predictions)),
+                            result.thresholds[0])
         _print_result(result, templates)
+
+
+def _print_examples(found: list[Example], threshold: float) -> None:
+    def window(w) -> str:
+        return "-" if w is None else f"{w[0]:6.1f}-{w[1]:6.1f} s"
+
+    print_table(["query", "answer (top 1)", "ground truth", "IoU", f"hit@{threshold:g}"],
+                [[e.query, window(e.answer), window(e.truth), f"{e.iou:.2f}",
+                  "hit" if e.hit(threshold) else "miss"] for e in found])
+    hits = sum(e.hit(threshold) for e in found)
+    print(f"{hits} of {len(found)} shown answers hit\n")
 
 
 def _print_result(result: EvalResult, templates: dict[str, EvalResult]) -> None:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from gazenlq.cli.common import fail, make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -106,8 +106,15 @@ def export(
     threads: Annotated[int, typer.Option(min=0, help="onnxruntime threads (0: all).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress lines on stderr.")] = False,
+    default: Annotated[bool, typer.Option(
+        "--default", help="Make the bundle the user's default, the one gaze-search runs when "
+        "given none (without -o the export is written there; CHECKPOINT may also be an "
+        "existing bundle to install).")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """Export CHECKPOINT to the bundle -o BUNDLE, validated; or --check BUNDLE."""
+    from gazenlq.bundle.default import default_bundle_dir, install_default
+    from gazenlq.bundle.manifest import MANIFEST, verify_bundle
     from gazenlq.export.exporter import (
         Gates,
         ValidationFailed,
@@ -115,7 +122,6 @@ def export(
         export_bundle,
         nlq_cases,
     )
-    from gazenlq.export.manifest import MANIFEST
     from gazenlq.export.tensorrt import TrtOptions, build_engines
 
     if (queries is None) != (stores is None):
@@ -134,6 +140,10 @@ def export(
         return
     if checkpoint is None:
         fail("give a CHECKPOINT to export (with -o BUNDLE) or --check BUNDLE")
+    if default and out is None and not trt and (checkpoint / MANIFEST).is_file():
+        verify_bundle(checkpoint)
+        print(f"default bundle: {install_default(checkpoint)} (a copy of {checkpoint})")
+        return
     trt_options = TrtOptions(min_length=trt_min_length, opt_length=trt_opt_length,
                              max_length=trt_max_length, opt_batch=trt_opt_batch,
                              max_batch=trt_max_batch, fp16=fp16,
@@ -142,22 +152,30 @@ def export(
         for path in build_engines(checkpoint, trt_options, log):
             print(f"{path}  {_mb(path.stat().st_size)}")
         return
+    if out is None and default:
+        out = default_bundle_dir()
     if out is None:
-        fail("-o/--out BUNDLE is required to export a checkpoint")
+        fail("-o/--out BUNDLE (or --default) is required to export a checkpoint")
     try:
         report = export_bundle(checkpoint, out, fp16=fp16, trt=trt_options, cases=cases,
                                opset=opset, gates=gates, threads=threads, log=log)
     except ValidationFailed as exc:
         _print_report(exc.report, bundle_written=False)
         raise
-    _finish(report, out, written=True, as_json=as_json)
+    if default and out != default_bundle_dir():
+        install_default(out)
+    _finish(report, out, written=True, as_json=as_json,
+            default=default_bundle_dir() if default else None)
 
 
-def _finish(report: Report, bundle: Path, *, written: bool, as_json: bool) -> None:
+def _finish(report: Report, bundle: Path, *, written: bool, as_json: bool,
+            default: Path | None = None) -> None:
     """Print the report and the next command to run (or fail on problems)."""
-    next_command = f'gaze-search STORE "query" --bundle {bundle}'
+    next_command = ('gaze-search STORE "query"' if default is not None
+                    else f'gaze-search STORE "query" --bundle {bundle}')
     if as_json:
         print_json({**report.to_dict(), "bundle": str(bundle),
+                    "default": None if default is None else str(default),
                     "files": report.files() if written else {}, "next": next_command})
     else:
         _print_report(report, bundle_written=written)
@@ -167,6 +185,8 @@ def _finish(report: Report, bundle: Path, *, written: bool, as_json: bool) -> No
         return
     if written:
         print(f"bundle written: {bundle}")
+    if default is not None:
+        print(f"default bundle: {default}")
     else:
         print(f"bundle checked: {bundle} (hashes and graph I/O match the manifest"
               + (", parity with the checkpoint holds)" if report.parity else ")"))

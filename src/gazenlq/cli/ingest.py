@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, make_app, print_json, print_table, run
 from gazenlq.progress import progress
 
 app = make_app(
@@ -46,6 +46,7 @@ def ingest(
     dtype: Annotated[Dtype, typer.Option(help="Stored float type.")] = Dtype.float16,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """Ingest Ego4D .pt features (one <uid>.pt per source directory) and optional gaze CSVs
     into OUT/<uid>.zarr. A video's sources are truncated to the shortest (refused beyond

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from enum import Enum
 from pathlib import Path
@@ -10,12 +9,12 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import fail, make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
 from gazenlq.progress import progress
 
 app = make_app("Answer natural-language queries over a feature store or a directory of "
                "them, without PyTorch: gaze-search video.zarr 'where did I put the bulb' "
-               "--bundle BUNDLE.")
+               "(with the default bundle, or --bundle BUNDLE).")
 
 
 class Device(str, Enum):
@@ -30,24 +29,15 @@ def _hms(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def _stores(target: Path) -> list[Path]:
-    if target.suffix == ".zarr" or (target / "zarr.json").is_file():
-        return [target]
-    if not target.is_dir():
-        fail(f"{target}: no such feature store or directory of stores")
-    found = sorted(p for p in target.glob("*.zarr") if p.is_dir())
-    if not found:
-        fail(f"{target}: no feature stores (*.zarr) in this directory")
-    return found
-
-
 @app.command()
 def search(
     target: Annotated[Path, typer.Argument(help="A feature store (video.zarr) or a directory "
                                            "of stores searched as one library.")],
     queries: Annotated[list[str] | None, typer.Argument(help="Questions in words.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Exported bundle (gaze-export); default "
-                                                "$GAZENLQ_BUNDLE.")] = None,
+                                                "$GAZENLQ_BUNDLE, else the default bundle "
+                                                "(gaze-export --default; make demo "
+                                                "installs one).")] = None,
     queries_file: Annotated[Path | None, typer.Option(
         "--queries", help="One query per line, or an Ego4D NLQ JSON (each query searched "
         "in its clip; stores looked up by video_uid in TARGET).")] = None,
@@ -62,24 +52,22 @@ def search(
     window: Annotated[int | None, typer.Option(min=64, help="Steps per model window.")] = None,
     overlap: Annotated[int, typer.Option(min=0, help="Overlap of windows, steps.")] = 256,
     batch: Annotated[int, typer.Option(min=1, help="Queries per model call.")] = 32,
-    no_cache: Annotated[bool, typer.Option(help="Neither read nor write caches.")] = False,
+    cache: Annotated[bool, typer.Option(help="Read and write the per-video caches in the "
+                                        "stores (--no-cache: neither).")] = True,
     plot: Annotated[Path | None, typer.Option(help="PNG of the first query's score timeline "
                                               "with the moments found.")] = None,
     explain: Annotated[bool, typer.Option(help="Print the time spent per stage.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """Search TARGET for each query and print the best moments."""
     t_start = time.perf_counter()
+    from gazenlq.bundle.default import resolve_bundle
     from gazenlq.engine import RuntimeOptions, SearchEngine, SearchOptions
-    from gazenlq.engine.search import answer_nlq
-    from gazenlq.engine.search import search as run_search
+    from gazenlq.store import find_stores
 
-    bundle = bundle or (Path(os.environ["GAZENLQ_BUNDLE"]) if os.environ.get("GAZENLQ_BUNDLE")
-                        else None)
-    if bundle is None:
-        fail("--bundle: no bundle given (export one with gaze-export, or set GAZENLQ_BUNDLE)")
-    stores = _stores(target) if not (queries_file and queries_file.suffix == ".json") else []
+    choice = resolve_bundle(bundle)
     texts = list(queries or [])
     nlq = None
     if queries_file is not None:
@@ -95,47 +83,48 @@ def search(
         fail("no query: give QUERY arguments, --queries FILE or --index")
     if submission is not None and nlq is None:
         fail("--submission needs --queries with an Ego4D NLQ JSON file")
-    engine = SearchEngine(bundle, RuntimeOptions(device.value, "fp16" if fp16 else "fp32",
+    stores = find_stores(target) if texts or index else []
+    engine = SearchEngine(choice, RuntimeOptions(device.value, "fp16" if fp16 else "fp32",
                                                  threads),
                           SearchOptions(top_k=top_k, window=window, overlap=overlap,
-                                        batch=batch, use_cache=not no_cache,
-                                        write_cache=not no_cache))
-    t_ready = time.perf_counter()
+                                        batch=batch, use_cache=cache, write_cache=cache))
+    load_s = time.perf_counter() - t_start
     if index:
-        dummy = engine.encode_queries(["index"])
-        for path in progress(stores, total=len(stores), desc="indexing", unit="video",
-                             quiet=quiet):
-            engine.scan(path, *dummy)
-        if not texts:
+        bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing",
+                            unit="video", quiet=quiet))
+        engine.index(stores, on_store=lambda: next(bar, None))
+        if not texts and nlq is None:
             print(f"indexed {len(stores)} store(s) in {time.perf_counter() - t_start:.1f} s")
             return
-    out: dict = {"bundle": str(bundle)}
+    out: dict = {"bundle": str(choice.path)}
+    timings = []
+    answered = None
     if nlq is not None:
-        items = list(nlq.with_text())
-        clips = len({q.clip_uid for q in items})
-        bar = progress(range(clips), total=clips, desc="clips", unit="clip", quiet=quiet)
-        it = iter(bar)
-        entries = answer_nlq(engine, items, target, on_clip=lambda: next(it, None))
+        clips = len({q.clip_uid for q in nlq.with_text()})
+        bar = iter(progress(range(clips), total=clips, desc="clips", unit="clip", quiet=quiet))
+        answered = engine.answer_nlq(nlq, target, timeline=plot is not None,
+                                     on_clip=lambda: next(bar, None))
+        timings.append(answered.timings)
         if submission is not None:
-            from gazenlq.nlq.submission import write_submission
-
-            write_submission(submission, entries)
-        out["entries"] = len(entries)
+            answered.write_submission(submission)
+        out["entries"] = len(answered.entries)
         if not as_json:
-            print(f"answered {len(entries)} queries of {clips} clips"
+            print(f"answered {len(answered.entries)} queries of {answered.clips} clips"
                   + (f"; submission written to {submission}" if submission else ""))
     results = []
     if texts:
-        bar = progress(range(len(stores)), total=len(stores), desc="videos", unit="video",
-                       quiet=quiet)
-        it = iter(bar)
-        results = run_search(engine, stores, texts, timeline=plot is not None,
-                             on_store=lambda: next(it, None))
+        bar = iter(progress(range(len(stores)), total=len(stores), desc="videos",
+                            unit="video", quiet=quiet))
+        found = engine.search(stores, texts, timeline=plot is not None,
+                              on_store=lambda: next(bar, None))
+        timings.append(found.timings)
+        results = found.results
         out["results"] = [{"query": r.query, "moments": [m.__dict__ for m in r.moments]}
                           for r in results]
-    timing = {**engine.timings.as_dict(), "load": t_ready - t_start,
-              "total": time.perf_counter() - t_start}
+    timing = {k: sum(t.as_dict()[k] for t in timings) for k in timings[0].as_dict()}
+    timing.update(load=load_s, total=time.perf_counter() - t_start)
     if explain:
+        out["bundle_source"] = choice.source
         out["timings"] = timing
     if as_json:
         print_json(out)
@@ -146,44 +135,29 @@ def search(
                         [[i + 1, m.video, f"{_hms(m.start_s)}-{_hms(m.end_s)}",
                           f"{m.score:.3f}"] for i, m in enumerate(r.moments)])
         if explain:
-            print("\ntime per stage (s):")
+            print(f"\nbundle: {choice.describe()}")
+            print("time per stage (s):")
             print_table(["stage", "seconds"], [[k, f"{v:.4f}" if isinstance(v, float) else v]
                                                for k, v in timing.items()])
-    if plot is not None and results:
-        from gazenlq.engine.plot import timeline_png
-
-        timeline_png(results[0], plot, engine)
-    elif plot is not None and nlq is not None:
-        _plot_nlq_query(engine, nlq, target, plot)
+    if plot is not None:
+        _plot(plot, results, answered)
 
 
-def _plot_nlq_query(engine, table, stores: Path, plot: Path) -> None:
-    """Timeline of the annotation file's first answered query in its clip, with its
-    ground-truth window."""
-    import numpy as np
-
-    from gazenlq.engine import Moment, QueryResult
+def _plot(path: Path, results, answered) -> None:
+    """The first text query's timeline, else the annotation file's first answered query's
+    timeline in its clip with its ground-truth window."""
     from gazenlq.engine.plot import timeline_png
-    from gazenlq.store import FeatureStore
 
-    q = next((q for q in table.with_text() if q.answer is not None), None)
-    if q is None:
-        fail("--plot: the query file has no answered query to draw")
-    path = stores / f"{q.video_uid}.zarr"
-    grid = FeatureStore.open(path).info.grid
-    c0, c1 = q.clip_window
-    first, stop = grid.clip_steps(c0, c1, FeatureStore.open(path).num_steps)
-    tokens, tmask = engine.encode_queries([q.text])
-    scan = engine.scan(path, tokens, tmask, start=first, stop=stop, timeline=True)
-    moments = []
-    for (s, e), score in scan.moments[0]:
-        a, b = np.clip(grid.steps_to_clip(np.array([s, e]), c0, first), 0, c1 - c0)
-        moments.append(Moment(q.clip_uid, float(a), float(b), float(score)))
-    result = QueryResult(q.text, moments, {q.clip_uid: scan.timeline[0]})
-    timeline_png(result, plot, engine, truth=q.answer,
-                 seconds=lambda x: grid.steps_to_clip(x, c0, first))
+    if results:
+        timeline_png(results[0], path)
+        return
+    for q, result in zip(answered.queries, answered.results):
+        if q.answer is not None:
+            timeline_png(result, path, truth=q.answer)
+            return
+    fail("--plot: the query file has no answered query to draw")
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(app, "gaze-search", argv)
+    run(app, "gaze-search", argv, flags={"queries": "QUERY", "target": "TARGET"})
 

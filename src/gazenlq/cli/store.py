@@ -7,9 +7,14 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, make_app, print_json, print_table, run
 
 app = make_app("Inspect and validate gazenlq feature stores (Zarr v3, schema v1).")
+
+
+@app.callback()
+def _main(version: Annotated[bool, VERSION_OPTION] = False) -> None:
+    """Inspect and validate gazenlq feature stores (Zarr v3, schema v1)."""
 
 
 def _dir_size(path: Path) -> int:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import fail, make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
 from gazenlq.progress import progress
 
 app = make_app("Generate EgoSim, a synthetic egocentric world: one Zarr feature store per "
@@ -47,15 +47,23 @@ def synth(
     video_dim: Annotated[int, typer.Option(min=8, help="Grounding feature width Dv.")] = 256,
     cell_dim: Annotated[int, typer.Option(min=2, help="Per-cell width of the 4x4 spatial "
                                           "gaze-estimator features (Dg = 16 x this).")] = 32,
+    fps: Annotated[float, typer.Option(min=0.001, help="Time grid of the stores: video "
+                                       "frame rate (default: Ego4D's grid, 32-frame windows "
+                                       "every 16 frames at 30 fps).")] = 30.0,
+    window: Annotated[int, typer.Option(min=1, help="Time grid: frames per feature step.")]
+    = 32,
+    stride: Annotated[int, typer.Option(min=1, help="Time grid: frames between steps.")] = 16,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """Generate (or finish generating) an EgoSim dataset under OUT."""
     from gazenlq.nlq.annotations import load_queries
     from gazenlq.synth.config import DIFFICULTIES, EgoSimConfig
     from gazenlq.synth.dataset import SPLITS, generate
     from gazenlq.synth.stats import nlq_stats
+    from gazenlq.timegrid import TimeGrid
 
     if out.exists() and not out.is_dir():
         fail(f"{out}: exists and is not a directory")
@@ -65,7 +73,8 @@ def synth(
                  if v is not None}
     cfg = EgoSimConfig(seed=seed, sessions=sessions, video_dim=video_dim, cell_dim=cell_dim,
                        gaze_fraction=gaze_fraction, session_hours=hours,
-                       difficulty=replace(diff, **overrides))
+                       difficulty=replace(diff, **overrides),
+                       grid=TimeGrid(fps=fps, window=window, stride=stride))
     t0 = time.perf_counter()
     bar = progress(range(sessions), total=sessions, desc="sessions", unit="session",
                    quiet=quiet)
@@ -73,7 +82,8 @@ def synth(
     manifest = generate(cfg, out, jobs=jobs, on_session=lambda: next(it, None))
     seconds = time.perf_counter() - t0
     rows, summary = [], {"out": str(out), "seconds": round(seconds, 2),
-                         "fingerprint": manifest["fingerprint"], "splits": {}}
+                         "fingerprint": manifest["fingerprint"],
+                         "time_grid": manifest["config"]["grid"], "splits": {}}
     for split in SPLITS:
         table = load_queries(out / "annotations" / f"nlq_{split}.json")
         n_sessions = sum(s["split"] == split for s in manifest["sessions"])

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from gazenlq.cli.common import fail, make_app, print_json, print_table, run
+from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
 
 app = make_app("Train GazeNLQ on feature stores: stage 1 the gaze estimator (InfoNCE + KL on "
                "ground-truth gaze maps), stage 2 the grounding model with gaze (GazeNLQ), "
@@ -60,6 +60,7 @@ def train(
     resume: Annotated[bool, typer.Option(help="Continue interrupted runs in OUT.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON results.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars or epoch lines.")] = False,
+    version: Annotated[bool, VERSION_OPTION] = False,
 ) -> None:
     """Train every variant x seed into OUT/<variant>-s<seed>/ and print the test metrics."""
     from gazenlq.training.config import GAZE_VARIANTS

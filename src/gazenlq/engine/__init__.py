@@ -1,19 +1,24 @@
 """The search engine: bundles run by ONNX Runtime over feature stores, streaming and cached.
 
-Imports no torch, by rule: numpy, zarr, onnxruntime, tokenizers and numba only (a test
-checks ``sys.modules`` after a search).
+Imports no torch, by rule: numpy, zarr, onnxruntime, tokenizers and numba only; it imports
+nothing from ``gazenlq.export`` or ``gazenlq.training`` (tests check the import graph and
+``sys.modules`` after a search). The API::
+
+    engine = SearchEngine.from_bundle("bundle/")      # or no path: the default bundle
+    result = engine.search("videos/", ["where did I put the bulb"], top_k=5)
 """
 
-from gazenlq.engine.runtime import Runtime, RuntimeOptions
+from gazenlq.engine.runtime import RuntimeOptions
 from gazenlq.engine.search import (
     Moment,
+    NLQResult,
     QueryResult,
     SearchEngine,
     SearchOptions,
+    SearchResult,
+    Timeline,
     Timings,
-    answer_nlq,
-    search,
 )
 
-__all__ = ["Moment", "QueryResult", "Runtime", "RuntimeOptions", "SearchEngine",
-           "SearchOptions", "Timings", "answer_nlq", "search"]
+__all__ = ["Moment", "NLQResult", "QueryResult", "RuntimeOptions", "SearchEngine",
+           "SearchOptions", "SearchResult", "Timeline", "Timings"]

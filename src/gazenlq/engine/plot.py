@@ -6,18 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
+from gazenlq.engine.search import QueryResult, Timeline
 from gazenlq.errors import MissingDependencyError
 
 
-def timeline_png(result, path: Path, engine, truth: tuple[float, float] | None = None,
-                 seconds=None) -> None:
-    """Plot the best video's per-step probability against time, shade the returned moments
-    (and the ground truth, when known) and save a PNG. ``seconds`` maps the timeline's
-    step index to the moments' seconds (default: video seconds on the bundle's grid)."""
+def timeline_png(result: QueryResult, path: Path, truth: tuple[float, float] | None = None
+                 ) -> None:
+    """Plot the best video's score timeline (``result.timelines``) against time, shade the
+    returned moments (and the ground truth, when known) and save a PNG."""
     try:
         import matplotlib
     except ImportError:
-        raise MissingDependencyError("--plot needs matplotlib: pip install "
+        raise MissingDependencyError("timeline plots need matplotlib: pip install "
                                      "'gazenlq[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -25,9 +25,8 @@ def timeline_png(result, path: Path, engine, truth: tuple[float, float] | None =
     if not result.moments:
         return
     video = result.moments[0].video
-    curve = result.timelines.get(video, np.zeros(0))
-    steps = np.arange(len(curve))
-    t = seconds(steps) if seconds is not None else engine.manifest.time_grid.to_seconds(steps)
+    line = result.timelines.get(video, Timeline(np.zeros(0), np.zeros(0)))
+    t, curve = line.seconds, line.score
     fig, ax = plt.subplots(figsize=(11, 3))
     ax.plot(t / 60, curve, lw=0.8, color="0.3", label="score (best level-0 point)")
     for rank, m in enumerate(result.moments):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gazenlq.errors import GazeNLQError, MissingDependencyError
-from gazenlq.export.manifest import Manifest, verify_bundle
+from gazenlq.bundle.manifest import PRECISIONS, Manifest, verify_bundle
+from gazenlq.errors import GazeNLQError, MissingDependencyError, ParameterError
 from gazenlq.text.tokenizer import QueryTokenizer
 
 DEVICES = {
@@ -51,8 +51,10 @@ class Runtime:
         self.path = Path(bundle)
         self.manifest: Manifest = verify_bundle(self.path)
         if options.device not in DEVICES:
-            raise GazeNLQError(f"unknown device {options.device!r} (expected "
-                               f"{', '.join(DEVICES)})")
+            raise ParameterError("device", options.device, f"expected {', '.join(DEVICES)}")
+        if options.precision not in PRECISIONS:
+            raise ParameterError("precision", options.precision,
+                                 f"expected {', '.join(PRECISIONS)}")
         self.precision = options.precision
         tok = self.manifest.text
         self.tokenizer = QueryTokenizer(self.path / tok.get("tokenizer", "tokenizer.json"),

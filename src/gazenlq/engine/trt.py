@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from gazenlq.errors import GazeNLQError, MissingDependencyError
-from gazenlq.export.manifest import GraphSpec, Manifest
-from gazenlq.export.tensorrt import (
-    ENGINE_DIR,
+from gazenlq.bundle.manifest import GraphSpec, Manifest
+from gazenlq.bundle.trt import (
     REBUILD,
     check_engine_sidecar,
+    engine_path,
     read_sidecar,
     require_tensorrt,
 )
+from gazenlq.errors import GazeNLQError, MissingDependencyError
 
 
 def load_cudart() -> Any:
@@ -42,10 +42,6 @@ def _check(result: tuple) -> Any:
     if int(err) != 0:
         raise GazeNLQError(f"CUDA error {err}")
     return rest[0] if len(rest) == 1 else rest
-
-
-def engine_path(bundle: Path, graph: str) -> Path:
-    return bundle / ENGINE_DIR / f"{graph}.engine"
 
 
 class TrtGraph:

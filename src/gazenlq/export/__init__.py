@@ -1,9 +1,10 @@
-"""Checkpoint -> validated ONNX bundle (+ fp16 variant, TensorRT engines); bundle reading.
+"""Checkpoint -> validated ONNX bundle (+ fp16 variant, TensorRT engines).
 
-Modules: ``manifest`` (torch-free: read and verify bundles, used by the engine),
-``tensorrt`` (torch-free: profiles, sidecars, engine build), ``graphs`` (the exported
-modules), ``onnx_export``, ``fp16``, ``validate`` and ``exporter`` (need torch and onnx).
-Names are resolved lazily so that importing this package imports neither torch nor onnx.
+The bundle format itself (manifest, post-processing, shape rules, engine sidecars) is
+``gazenlq.bundle``, which the engine reads; this package writes it. Modules: ``graphs`` (the
+exported modules), ``onnx_export``, ``fp16``, ``validate`` and ``exporter`` (need torch and
+onnx), ``tensorrt`` (profiles and the engine build; torch-free). Names are resolved lazily
+so that importing this package imports neither torch nor onnx.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ import importlib
 from typing import Any
 
 _NAMES = {
-    "BundleError": "manifest", "Manifest": "manifest", "GraphSpec": "manifest",
-    "TensorSpec": "manifest", "read_manifest": "manifest", "verify_bundle": "manifest",
-    "TrtOptions": "tensorrt", "check_engine_sidecar": "tensorrt",
-    "build_engines": "tensorrt", "Report": "exporter", "ValidationFailed": "exporter",
-    "export_bundle": "exporter", "check_bundle": "exporter", "nlq_cases": "exporter",
+    "TrtOptions": "tensorrt", "build_engines": "tensorrt", "Report": "exporter",
+    "ValidationFailed": "exporter", "export_bundle": "exporter", "check_bundle": "exporter",
+    "nlq_cases": "exporter",
 }
 __all__ = sorted(_NAMES)
 

@@ -18,10 +18,8 @@ import onnx
 from torch import nn
 
 from gazenlq.atomic import atomic_dir, write_json_atomic
-from gazenlq.errors import GazeNLQError
-from gazenlq.export.fp16 import to_fp16
-from gazenlq.export.graphs import GRAPHS, GraphDef, graph_defs, load_model
-from gazenlq.export.manifest import (
+from gazenlq.bundle import PostprocessConfig
+from gazenlq.bundle.manifest import (
     MANIFEST,
     BundleError,
     GraphSpec,
@@ -30,8 +28,12 @@ from gazenlq.export.manifest import (
     sha256_file,
     verify_bundle,
 )
+from gazenlq.bundle.trt import require_tensorrt
+from gazenlq.errors import GazeNLQError
+from gazenlq.export.fp16 import to_fp16
+from gazenlq.export.graphs import GRAPHS, GraphDef, graph_defs, load_model
 from gazenlq.export.onnx_export import OPSET, export_graph, io_problems
-from gazenlq.export.tensorrt import TrtOptions, build_engines, require_tensorrt
+from gazenlq.export.tensorrt import TrtOptions, build_engines
 from gazenlq.export.validate import (
     TOLERANCE,
     Agreement,
@@ -45,9 +47,9 @@ from gazenlq.export.validate import (
     ort_session,
     random_cases,
 )
-from gazenlq.kernels import PostprocessConfig
 from gazenlq.text import QueryTokenizer, build_text_encoder, load_tokenizer
-from gazenlq.timegrid import EGO4D, TimeGrid
+from gazenlq.training.checkpoint import TIME_GRID
+from gazenlq.training.checkpoint import time_grid as checkpoint_grid
 from gazenlq.training.model import GazeNLQ
 
 TOKENIZER = "tokenizer.json"
@@ -156,8 +158,6 @@ def _manifest(model: GazeNLQ, conf: dict, checkpoint: Path, bundle: Path,
               opset: int) -> Manifest:
     cfg = model.cfg
     g = cfg.grounding
-    post = asdict(PostprocessConfig())
-    post["method"] = post["method"].name.lower()
     specs = {p: {name: GraphSpec(name, _file(d, p), p, d.inputs, d.outputs)
                  for name, d in graphs.items()} for p in precisions}
     names = [TOKENIZER, *(s.file for p in specs.values() for s in p.values())]
@@ -165,11 +165,11 @@ def _manifest(model: GazeNLQ, conf: dict, checkpoint: Path, bundle: Path,
         variant=g.gaze, model=cfg.to_dict(),
         dims={"video_dim": g.video_dim, "text_dim": g.text_dim, "hidden": g.hidden,
               "gaze_dim": model.estimator.cfg.in_dim if model.estimator else None},
-        time_grid=TimeGrid(**conf["time_grid"]) if "time_grid" in conf else EGO4D,
+        time_grid=checkpoint_grid(checkpoint, conf),  # the training stores' grid
         strides=g.strides, length_multiple=g.length_multiple, max_len=g.max_len,
         text={"encoder": cfg.text.name, "tokenizer": TOKENIZER,
               "max_tokens": cfg.text.max_tokens, "dim": g.text_dim},
-        postprocess=post, graphs=specs,
+        postprocess=PostprocessConfig(), graphs=specs,
         files={n: file_entry(bundle / n) for n in names},
         exporter={**_versions(), "opset": str(opset)},
         source={"checkpoint": str(checkpoint.resolve()), "epoch": conf.get("epoch"),
@@ -193,6 +193,7 @@ def export_bundle(checkpoint: Path, out: Path, *, fp16: bool = False,
         require_tensorrt()  # fail before any work
     checkpoint = Path(checkpoint)
     model, conf = load_model(checkpoint)
+    checkpoint_grid(checkpoint, conf)  # refuse a checkpoint without its time grid up front
     encoder, tokenizer = _text(model)
     defs = graph_defs(model, encoder)
     precisions = ["fp32", "fp16"] if fp16 else ["fp32"]
@@ -244,10 +245,15 @@ def check_bundle(bundle: Path, checkpoint: Path | None = None, *,
             checks.append(f"{spec.file}: I/O and named dynamic axes as in {MANIFEST}")
     report = Report(bundle)
     if checkpoint is not None:
-        model, _ = load_model(Path(checkpoint))
+        model, conf = load_model(Path(checkpoint))
         if json.loads(json.dumps(model.cfg.to_dict())) != manifest.model:
             raise BundleError(f"{checkpoint}: its model config differs from the bundle's; "
                               "check the checkpoint the bundle was exported from")
+        grid = checkpoint_grid(Path(checkpoint), conf) if TIME_GRID in conf else None
+        if grid is not None and grid != manifest.time_grid:
+            raise BundleError(f"{checkpoint}: trained on time grid {grid}, the bundle's is "
+                              f"{manifest.time_grid}; check the checkpoint the bundle was "
+                              "exported from")
         encoder, _ = _text(model)
         tokenizer = QueryTokenizer(bundle / manifest.text["tokenizer"],
                                    int(manifest.text["max_tokens"]))

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from gazenlq.bundle.manifest import TensorSpec
 from gazenlq.errors import GazeNLQError
-from gazenlq.export.manifest import TensorSpec
 from gazenlq.training import checkpoint
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.model import GazeNLQ

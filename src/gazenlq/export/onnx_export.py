@@ -16,9 +16,9 @@ import warnings
 import onnx
 import torch
 
+from gazenlq.bundle.manifest import TensorSpec
 from gazenlq.errors import GazeNLQError
 from gazenlq.export.graphs import GraphDef, example_inputs
-from gazenlq.export.manifest import TensorSpec
 
 OPSET = 18
 MAX_STEPS = 1 << 17

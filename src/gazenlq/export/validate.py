@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from gazenlq.bundle import PostprocessConfig, level_sizes
 from gazenlq.export.graphs import GraphDef, random_inputs
-from gazenlq.kernels import NMSResult, PostprocessConfig, iou_matrix, postprocess_query
+from gazenlq.kernels import NMSResult, iou_matrix, postprocess_query
 from gazenlq.text import QueryTokenizer
 from gazenlq.training.data import ClipItem
-from gazenlq.training.grounding import level_sizes
 from gazenlq.training.infer import clip_inputs
 
 if TYPE_CHECKING:

@@ -47,7 +47,7 @@ import numpy as np
 from gazenlq.errors import GazeNLQError, MissingDependencyError, StoreError
 from gazenlq.gaze.heatmap import step_maps_and_types
 from gazenlq.ingest.gaze_csv import TIME_COLUMN, frame_gaze, read_gaze_csv
-from gazenlq.store import FeatureStore, StoreWriter
+from gazenlq.store import FeatureStore, StoreWriter, store_path
 from gazenlq.store.schema import DEFAULT_CHUNK_STEPS
 from gazenlq.timegrid import EGO4D
 
@@ -238,7 +238,7 @@ def plan_ingest(video_sources: Sequence[Source], gaze_sources: Sequence[Source],
             continue
         job = VideoJob(uid, tuple((s.name, files[s.name][uid]) for s in video_sources),
                        tuple((s.name, files[s.name][uid]) for s in gaze_sources),
-                       csvs.get(uid), out / f"{uid}.zarr", dtype, max_length_diff)
+                       csvs.get(uid), store_path(out, uid), dtype, max_length_diff)
         done = _current(job, overwrite)
         if done:
             known.append(done)

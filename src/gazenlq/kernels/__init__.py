@@ -12,8 +12,15 @@ Segments are in feature steps; convert with ``gazenlq.timegrid.TimeGrid``.
 
 from ._boundary import start_numba
 from .decode import Candidates, PostprocessConfig, decode_segments, postprocess_query
-from .segments import iou_matrix, nms
-from .softnms import BatchNMSResult, Method, NMSResult, soft_nms, soft_nms_batch
+from .softnms import (
+    BatchNMSResult,
+    Method,
+    NMSResult,
+    iou_matrix,
+    nms,
+    soft_nms,
+    soft_nms_batch,
+)
 from .warmup import warm_up
 
 __all__ = [

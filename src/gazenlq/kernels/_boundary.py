@@ -12,10 +12,11 @@ offending argument, never inside a kernel.
 from __future__ import annotations
 
 import math
-import operator
 
 import numpy as np
 from numba import njit
+
+from gazenlq.scalars import as_count
 
 _INVALID_SCORE, _INVALID_COORD, _INVALID_ORDER = 1, 2, 3
 _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
@@ -102,35 +103,6 @@ def _first_invalid(segments, scores, allow_negative):
         if not (length >= 0 and math.isfinite(length)):
             return _INVALID_ORDER, i
     return 0, -1
-
-
-def as_f32(value: float, name: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False) -> np.float32:
-    """A finite scalar in ``[low, high]`` (``(low, high]`` with ``low_open``) as ``np.float32``."""
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    too_low = low is not None and (x <= low if low_open else x < low)
-    if not math.isfinite(x) or too_low or (high is not None and x > high):
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"<= {high}"
-        rule = " and ".join(r for r in (lo, hi) if r) or "finite"
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
-    return np.float32(x)
-
-
-def as_count(value: object, name: str) -> int:
-    """A non-negative Python int (bools rejected)."""
-    if isinstance(value, bool):
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    try:
-        n = operator.index(value)
-    except TypeError:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}") from None
-    if n < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {n}")
-    return n
 
 
 def as_top_k(top_k: int | None, n: int) -> int:

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
-from ._boundary import as_array, as_count, as_f32
-from .softnms import Method, NMSResult, soft_nms
+from gazenlq.bundle.postprocess import PostprocessConfig
+from gazenlq.scalars import as_count, as_f32
+
+from ._boundary import as_array
+from .softnms import NMSResult, soft_nms
 
 
 class Candidates(NamedTuple):
@@ -24,34 +26,6 @@ class Candidates(NamedTuple):
     segments: np.ndarray  # (M, 2) float32 [start, end] in feature steps
     scores: np.ndarray  # (M,) float32 probabilities
     sources: np.ndarray  # (M,) int64 positions in the flat (all-level) predictions
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Post-processing settings; the defaults are GroundNLQ's (grounding.md section 5)."""
-
-    score_threshold: float = 0.001  # keep probability > this, per level
-    pre_nms_topk: int = 2000  # most probable points kept per level
-    min_length: float = 0.001  # drop segments of length <= this, in steps
-    method: Method | str = Method.GAUSSIAN
-    sigma: float = 0.75
-    iou_threshold: float = 0.1  # used by the hard and linear methods only
-    min_score: float = 0.001
-    top_k: int | None = 5
-    voting_thresh: float | None = None  # None: no voting
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "method", Method.parse(self.method))
-        as_f32(self.score_threshold, "score_threshold", low=0.0, high=1.0)
-        as_count(self.pre_nms_topk, "pre_nms_topk")
-        as_f32(self.min_length, "min_length", low=0.0)
-        as_f32(self.sigma, "sigma", low=0.0, low_open=True)
-        as_f32(self.iou_threshold, "iou_threshold", low=0.0, high=1.0)
-        as_f32(self.min_score, "min_score", low=0.0)
-        if self.top_k is not None:
-            as_count(self.top_k, "top_k")
-        if self.voting_thresh is not None:
-            as_f32(self.voting_thresh, "voting_thresh", low=0.0, high=1.0)
 
 
 def decode_segments(logits: np.ndarray, distances: np.ndarray, level_sizes: Sequence[int],

@@ -1,7 +1,14 @@
-"""Soft-NMS of 1-D segments, single-query and batched, with optional score-weighted voting.
+"""IoU, hard NMS and Soft-NMS of 1-D segments; Soft-NMS single-query and batched, with
+optional score-weighted voting.
 
-Reproduces the ActionFormer/GroundNLQ C++ extension (grounding.md section 6) bit for bit on
-Linux: the same float32 arithmetic, the same single-precision ``exp`` (the C library's
+IoU here is the post-processing one of the ActionFormer/GroundNLQ extension: segment length
+``end - start + 1e-6`` and union ``len_a + len_b - intersection``, in float32. The ``1e-6``
+keeps zero-length segments finite (their IoU with anything is 0). It is *not* the Ego4D
+evaluator's IoU (union ``max(ends) - min(starts)``, NaN for an empty union), which lives with
+the evaluation code.
+
+Soft-NMS reproduces the ActionFormer/GroundNLQ C++ extension (grounding.md section 6) bit for
+bit on Linux: the same float32 arithmetic, the same single-precision ``exp`` (the C library's
 ``expf``, which is what both the extension's ``std::exp(float)`` and Numba call) and the same
 in-place swap scheme, hence the same tie-breaking. It needs no build step, and ``top_k``
 stops after K emissions: O(K N) instead of the extension's O(N^2) full pass.
@@ -13,9 +20,10 @@ Design notes:
   lock: Numba's workqueue threading layer (used when neither OpenMP nor TBB is available)
   aborts when parallel kernels are entered from several threads at once. The single-query
   kernel is serial and releases the GIL, so callers may run it from their own threads.
-- The overlap arithmetic lives in this file rather than being imported from ``segments``:
-  Numba's on-disk cache is keyed on the caller's source file only, so an njit helper imported
-  from another module could be edited without invalidating these kernels' cached code.
+- Every kernel that measures an overlap (IoU matrix, hard NMS, Soft-NMS, voting) lives in
+  this file and calls the one :func:`_overlap`: Numba's on-disk cache is keyed on the
+  caller's source file only, so an njit helper imported from another module could be edited
+  without invalidating the cached code of its callers.
 """
 
 from __future__ import annotations
@@ -23,53 +31,22 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import NamedTuple
 
 import numpy as np
 from numba import njit, prange
 
-from ._boundary import (
-    as_array,
-    as_count,
-    as_f32,
-    as_scores,
-    as_segments,
-    as_top_k,
-    check_candidates,
-)
+from gazenlq.bundle.postprocess import Method
+from gazenlq.scalars import as_count, as_f32
+
+from ._boundary import as_array, as_scores, as_segments, as_top_k, check_candidates
 
 _EPS = np.float32(1e-6)
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
 _NEG_INF = np.float32(-np.inf)
-_HARD, _LINEAR, _GAUSSIAN = 0, 1, 2
+_HARD, _LINEAR, _GAUSSIAN = int(Method.HARD), int(Method.LINEAR), int(Method.GAUSSIAN)
 _NO_VOTING = np.float32(-1.0)
-
-
-class Method(IntEnum):
-    """How Soft-NMS decays the candidates around each emitted one (the extension's codes)."""
-
-    HARD = _HARD  # score -> 0 when IoU >= iou_threshold
-    LINEAR = _LINEAR  # score *= 1 - IoU when IoU >= iou_threshold
-    GAUSSIAN = _GAUSSIAN  # score *= exp(-IoU^2 / sigma), always
-
-    @classmethod
-    def parse(cls, value: Method | str | int) -> Method:
-        """A member from itself, its name (any case) or its code."""
-        if isinstance(value, str):
-            try:
-                return cls[value.strip().upper()]
-            except KeyError:
-                pass
-        elif not isinstance(value, bool):
-            try:
-                return cls(value)
-            except ValueError:
-                pass
-        choices = ", ".join(m.name.lower() for m in cls)
-        raise ValueError(f"method must be one of {choices} (or {[int(m) for m in cls]}), "
-                         f"got {value!r}")
 
 
 class NMSResult(NamedTuple):
@@ -119,6 +96,34 @@ def _params(method: Method | str, sigma: float, iou_threshold: float, min_score:
         _NO_VOTING if voting_thresh is None
         else as_f32(voting_thresh, "voting_thresh", low=0.0, high=1.0),
     )
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` float32 IoU between two sets of ``[start, end]`` segments."""
+    sa = as_segments(a, "a")
+    sb = as_segments(b, "b")
+    for name, segs in (("a", sa), ("b", sb)):
+        check_candidates(segs, np.zeros(len(segs), np.float32), allow_negative=False, name=name)
+    out = np.empty((len(sa), len(sb)), np.float32)
+    _iou_matrix_into(sa, sb, out)
+    return out
+
+
+def nms(segments: np.ndarray, scores: np.ndarray, iou_threshold: float, *,
+        top_k: int | None = None) -> NMSResult:
+    """Hard NMS: visit candidates by decreasing score (ties: lowest input index first), keep
+    one unless a kept one has ``IoU >= iou_threshold`` with it; stop after ``top_k`` kept.
+
+    ``scores`` may be any finite values (only their order matters); the returned scores and
+    segments are the kept candidates' own. Cost O(N log N + K N) for K kept.
+    """
+    segs = as_segments(segments)
+    sc = as_scores(scores, len(segs))
+    check_candidates(segs, sc, allow_negative=True)
+    thr = as_f32(iou_threshold, "iou_threshold", low=0.0, high=1.0)
+    out = np.empty(as_top_k(top_k, len(sc)), np.int64)
+    keep = out[:_nms_into(segs, sc, thr, len(out), out)]
+    return NMSResult(keep, sc[keep], segs[keep])
 
 
 def soft_nms(segments: np.ndarray, scores: np.ndarray, *,
@@ -354,3 +359,46 @@ def _soft_nms_batch(segments, scores, offsets, out_offsets, method, iou_threshol
         counts[q] = _soft_nms_into(segments, scores, offsets[q], offsets[q + 1], method,
                                    iou_threshold, sigma, min_score, top_k, voting_thresh,
                                    out_indices, out_scores, out_segments, out_offsets[q])
+
+
+@njit(cache=True, nogil=True)
+def _iou_matrix_into(a, b, out):
+    blen = np.empty(b.shape[0], np.float32)
+    for j in range(b.shape[0]):
+        blen[j] = b[j, 1] - b[j, 0] + _EPS
+    for i in range(a.shape[0]):
+        ax1 = a[i, 0]
+        ax2 = a[i, 1]
+        alen = ax2 - ax1 + _EPS
+        for j in range(b.shape[0]):
+            out[i, j] = _overlap(ax1, ax2, alen, b[j, 0], b[j, 1], blen[j])
+
+
+@njit(cache=True, nogil=True)
+def _nms_into(segments, scores, iou_threshold, top_k, out):
+    """Write the kept input positions to ``out`` (at most ``top_k``); return their count."""
+    n = scores.shape[0]
+    if min(top_k, n) <= 0:
+        return 0
+    order = np.argsort(-scores, kind="mergesort")  # stable: ties keep input order
+    length = np.empty(n, np.float32)
+    for j in range(n):
+        length[j] = segments[j, 1] - segments[j, 0] + _EPS
+    suppressed = np.zeros(n, np.bool_)
+    count = 0
+    for r in range(n):
+        i = order[r]
+        if suppressed[i]:
+            continue
+        out[count] = i
+        count += 1
+        if count == top_k:
+            break
+        ix1 = segments[i, 0]
+        ix2 = segments[i, 1]
+        for r2 in range(r + 1, n):
+            j = order[r2]
+            if not suppressed[j] and _overlap(ix1, ix2, length[i], segments[j, 0], segments[j, 1],
+                                          length[j]) >= iou_threshold:
+                suppressed[j] = True
+    return count

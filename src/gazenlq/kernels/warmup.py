@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .decode import postprocess_query
-from .segments import iou_matrix, nms
-from .softnms import soft_nms, soft_nms_batch
+from .softnms import iou_matrix, nms, soft_nms, soft_nms_batch
 
 
 def warm_up() -> None:

@@ -137,6 +137,35 @@ def evaluate_by_template(entries: Sequence[Entry], ground_truth: QueryTable, *,
     return out
 
 
+@dataclass(frozen=True)
+class Example:
+    """One query's top-1 answer beside its ground truth (clip seconds)."""
+
+    query: str
+    answer: tuple[float, float] | None
+    truth: tuple[float, float]
+    iou: float
+
+    def hit(self, threshold: float) -> bool:
+        return self.iou > threshold  # the official strict '>'; NaN is a miss
+
+
+def examples(entries: Sequence[Entry], ground_truth: QueryTable, n: int, *,
+             source: str = "predictions") -> list[Example]:
+    """The first ``n`` entries' top-1 windows against their ground truth, as people read
+    them (a demo, a sanity check); IoU as :func:`evaluate` computes it."""
+    gt = ground_truth.by_key()
+    out = []
+    for i, entry in enumerate(entries[:n]):
+        query = _query_of(entry, i, gt, ground_truth.source, source)
+        if query.answer is None:
+            continue
+        top = tuple(entry.predicted_times[0]) if entry.predicted_times else None
+        value = float(iou(np.array(top), np.array(query.answer))) if top else float("nan")
+        out.append(Example(query.text or "", top, tuple(query.answer), value))
+    return out
+
+
 def _check_settings(ks: Sequence[int], thresholds: Sequence[float]
                     ) -> tuple[tuple[int, ...], tuple[float, ...]]:
     """Validate K values and IoU thresholds; drop repeats, keep order."""

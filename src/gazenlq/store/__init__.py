@@ -1,5 +1,6 @@
 """Per-video Zarr v3 feature stores, schema v1 (see docs/feature-store.md)."""
 
+from gazenlq.store.paths import find_stores, is_store, store_path
 from gazenlq.store.reader import FeatureStore, Window, plan_windows
 from gazenlq.store.schema import (
     GAZE_INPUT,
@@ -26,6 +27,9 @@ __all__ = [
     "StoreInfo",
     "StoreWriter",
     "Window",
+    "find_stores",
+    "is_store",
     "plan_windows",
+    "store_path",
     "validate_store",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import GazeNLQError, StoreError
 from gazenlq.store import FeatureStore, StoreWriter
+from gazenlq.store import store_path as _store_path
 from gazenlq.synth.config import EgoSimConfig
 from gazenlq.synth.queries import clip_queries
 from gazenlq.synth.render import render
@@ -69,8 +70,9 @@ def _render_seed(cfg: EgoSimConfig, plan: SessionPlan) -> int:
     return int(np.random.SeedSequence([cfg.seed, plan.index, 3]).generate_state(1)[0])
 
 
-def store_path(out: Path, plan: SessionPlan) -> Path:
-    return out / "stores" / f"{plan.video_uid}.zarr"
+def session_store(out: Path, plan: SessionPlan) -> Path:
+    """The store of ``plan`` in the dataset ``out`` (under ``out/stores``)."""
+    return _store_path(out / "stores", plan.video_uid)
 
 
 def _store_is_current(path: Path, cfg: EgoSimConfig, plan: SessionPlan) -> bool:
@@ -86,7 +88,7 @@ def _store_is_current(path: Path, cfg: EgoSimConfig, plan: SessionPlan) -> bool:
 def write_session(cfg: EgoSimConfig, plan: SessionPlan, out: Path,
                   timeline: Timeline | None = None) -> Path:
     """Render one session into its store (skipped when an identical store exists)."""
-    path = store_path(out, plan)
+    path = session_store(out, plan)
     if _store_is_current(path, cfg, plan):
         return path
     tl = timeline or session_timeline(cfg, plan)
@@ -179,7 +181,7 @@ def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
         "fingerprint": cfg.fingerprint(),
         "sessions": [{"index": p.index, "video_uid": p.video_uid, "split": p.split,
                       "has_gaze": p.has_gaze,
-                      "store": str(store_path(out, p).relative_to(out))} for p in plans],
+                      "store": str(session_store(out, p).relative_to(out))} for p in plans],
     }
     write_json_atomic(manifest_path, manifest, indent=1)
     return manifest

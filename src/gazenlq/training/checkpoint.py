@@ -6,6 +6,10 @@ Layout of ``<run>/<stage>/``:
   RNG state, trainer counters);
 - ``best/``: the EMA weights of the best validation epoch and ``config.json``.
 Never pickle: every tensor is in safetensors, everything else in JSON.
+
+Every ``config.json`` records the time grid of the stores the run trained on
+(``"time_grid": {"fps", "window", "stride"}``): the model predicts in steps of that grid, so
+the grid travels with it into the exported bundle (:func:`time_grid` reads it).
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from safetensors.torch import load_file, save_file
 
 from gazenlq.atomic import atomic_dir
 from gazenlq.errors import GazeNLQError
+from gazenlq.timegrid import TimeGrid
 
 FORMAT = "gazenlq.checkpoint"
 VERSION = 1
+TIME_GRID = "time_grid"
+"""Key of the training stores' time grid in ``config.json``."""
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -76,6 +83,36 @@ def load_config(path: Path) -> dict[str, Any]:
         raise GazeNLQError(f"{cfg_path}: checkpoint version {cfg['version']} is newer than "
                            f"this gazenlq reads ({VERSION}); upgrade gazenlq")
     return cfg
+
+
+def grid_entry(grid: TimeGrid) -> dict[str, dict[str, float | int]]:
+    """The ``config.json`` entry recording ``grid``."""
+    return {TIME_GRID: {"fps": float(grid.fps), "window": int(grid.window),
+                        "stride": int(grid.stride)}}
+
+
+def time_grid(path: Path, config: dict[str, Any] | None = None) -> TimeGrid:
+    """The time grid of the stores the checkpoint ``path`` was trained on (from ``config``,
+    its already loaded ``config.json``, if given). A checkpoint without one is refused with
+    one line: it predates recorded grids and its grid cannot be known."""
+    config = load_config(path) if config is None else config
+    cfg_path = Path(path) / "config.json"
+    if TIME_GRID not in config:
+        raise GazeNLQError(
+            f"{cfg_path}: records no time grid (checkpoints made before the grid was "
+            f"recorded); retrain it, or add its training stores' grid (gaze-store info "
+            f'STORE), e.g. "{TIME_GRID}": {{"fps": 30.0, "window": 32, "stride": 16}}')
+    value = config[TIME_GRID]
+    try:
+        grid = TimeGrid(float(value["fps"]), int(value["window"]), int(value["stride"]))
+        exact = set(value) == {"fps", "window", "stride"} and \
+            (grid.window, grid.stride) == (value["window"], value["stride"])
+    except (TypeError, ValueError, KeyError):
+        exact = False
+    if not exact:
+        raise GazeNLQError(f"{cfg_path}: {TIME_GRID} {json.dumps(value)} is not a time grid "
+                           '({"fps": > 0, "window": int > 0, "stride": int > 0})')
+    return grid
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

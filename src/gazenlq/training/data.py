@@ -14,14 +14,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gazenlq.bundle.shapes import pad_to
 from gazenlq.errors import GazeNLQError
 from gazenlq.nlq.annotations import Query, QueryTable
-from gazenlq.store import GAZE_INPUT, GAZE_MAPS, GAZE_TYPE, VIDEO, FeatureStore, GazeType
+from gazenlq.store import (
+    GAZE_INPUT,
+    GAZE_MAPS,
+    GAZE_TYPE,
+    VIDEO,
+    FeatureStore,
+    GazeType,
+    store_path,
+)
+from gazenlq.timegrid import ClipSpan
 
 
 def store_for(stores: Path, video_uid: str) -> Path:
-    """The store of ``video_uid`` under ``stores`` (``<uid>.zarr``)."""
-    path = stores / f"{video_uid}.zarr"
+    """The store of ``video_uid`` under ``stores`` (``store_path``), which must exist."""
+    path = store_path(stores, video_uid)
     if not path.is_dir():
         raise GazeNLQError(f"{path}: no feature store for video {video_uid}")
     return path
@@ -29,20 +39,18 @@ def store_for(stores: Path, video_uid: str) -> Path:
 
 @dataclass(frozen=True)
 class ClipItem:
-    """One clip: where its features are and its queries with answers in local steps."""
+    """One clip: where its features are, its steps in them (``span``) and its queries with
+    answers in local steps."""
 
     store: Path
     clip_uid: str
-    clip_start_s: float
-    clip_end_s: float
-    first: int
-    stop: int
+    span: ClipSpan
     queries: tuple[Query, ...]
     answers: np.ndarray  # [Q, 2] local step coordinates (nan when unannotated)
 
     @property
     def length(self) -> int:
-        return self.stop - self.first
+        return self.span.length
 
 
 def clip_items(table: QueryTable, stores: Path) -> list[ClipItem]:
@@ -57,13 +65,11 @@ def clip_items(table: QueryTable, stores: Path) -> list[ClipItem]:
         if path not in opened:
             opened[path] = FeatureStore.open(path)
         store = opened[path]
-        grid = store.info.grid
-        c0, c1 = q0.clip_window
-        first, stop = grid.clip_steps(c0, c1, store.num_steps)
-        answers = np.array([grid.clip_to_steps(np.array(q.answer), c0, first)
+        span = store.info.grid.clip(*q0.clip_window, store.num_steps)
+        answers = np.array([span.to_steps(np.array(q.answer))
                             if q.answer is not None else (np.nan, np.nan) for q in queries],
                            dtype=np.float32).reshape(-1, 2)
-        items.append(ClipItem(path, clip_uid, c0, c1, first, stop, tuple(queries), answers))
+        items.append(ClipItem(path, clip_uid, span, tuple(queries), answers))
     return items
 
 
@@ -124,7 +130,8 @@ class GroundingDataset(torch.utils.data.Dataset):
         ans = item.answers - start
         inside = (ans[:, 0] >= 0) & (ans[:, 1] <= length)
         store = self._stores(item.store)
-        s0, s1 = item.first + start, item.first + start + length
+        s0 = item.span.first + start
+        s1 = s0 + length
         out = {"video": store.read(VIDEO, s0, s1).astype(np.float32),
                "queries": [self.query_ids[q.text] for q, k in zip(item.queries, inside) if k],
                "answers": ans[inside].reshape(-1, 2)}
@@ -161,10 +168,6 @@ class TextFeatures:
             out[row, : len(f)] = f
             mask[row, : len(f)] = True
         return out, mask
-
-
-def pad_to(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
 
 
 class GroundingCollate:

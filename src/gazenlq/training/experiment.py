@@ -29,7 +29,7 @@ from gazenlq.nlq.evaluation import evaluate
 from gazenlq.nlq.submission import Entry
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.data import TextFeatures
-from gazenlq.training.run import DataPaths, load_text, train, train_stage1
+from gazenlq.training.run import DataPaths, data_grid, load_text, train, train_stage1
 
 METRICS = ("R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "mIoU")
 
@@ -148,6 +148,7 @@ def run_table(cfg: TrainConfig, data: DataPaths, out: Path, *, variants: list[st
     """Train every variant x seed (skipping finished runs when resuming) and summarise;
     ``jobs`` > 1 runs that many jobs at once in worker processes (progress bars off)."""
     tables = [load_queries(p) for p in (data.train, data.val, data.test) if p]
+    data_grid(data, tables)  # stores on two time grids fail here, before any work
     text = load_text(cfg, tables)
     todo = plan(variants, seeds, out)
     if jobs > 1:

@@ -244,8 +244,3 @@ class GroundingModel(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         v, g = self.embed_video(video, mask, gaze)
         return self.ground(v, g, mask, tokens, text_mask)
-
-
-def level_sizes(length: int, levels: int) -> list[int]:
-    """Points per level for a padded input of ``length`` steps."""
-    return [length // 2**i for i in range(levels)]

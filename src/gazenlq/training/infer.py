@@ -9,14 +9,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gazenlq.bundle import PostprocessConfig, level_sizes, pad_to
 from gazenlq.errors import GazeNLQError
-from gazenlq.kernels import PostprocessConfig, postprocess_query
+from gazenlq.kernels import postprocess_query
 from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore
-from gazenlq.training.data import ClipItem, TextFeatures, pad_to
+from gazenlq.training.data import ClipItem, TextFeatures
 from gazenlq.training.device import model_device
 from gazenlq.training.estimator import GazeEstimator
-from gazenlq.training.grounding import GroundingModel, level_sizes
+from gazenlq.training.grounding import GroundingModel
 
 
 @torch.no_grad()
@@ -35,7 +36,8 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
         out[0, : len(steps)] = torch.from_numpy(steps.astype(np.float32, copy=False))
         return out.to(device)
 
-    video = padded(store.read(VIDEO, item.first, item.stop))
+    span = item.span
+    video = padded(store.read(VIDEO, span.first, span.stop))
     mask = torch.zeros(1, t, dtype=torch.bool)
     mask[0, : item.length] = True
     mask = mask.to(device)
@@ -43,7 +45,7 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
     if cached is not None:
         gaze = padded(cached)
     elif estimator is not None:
-        gaze = estimator.gaze_tokens(padded(store.read(GAZE_INPUT, item.first, item.stop)),
+        gaze = estimator.gaze_tokens(padded(store.read(GAZE_INPUT, span.first, span.stop)),
                                      mask, variant)
     return video, mask, gaze
 
@@ -68,10 +70,8 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
         video, mask, gaze = clip_inputs(item, cfg.length_multiple,
                                         estimator if uses_gaze else None, cfg.gaze, device,
                                         cached)
-        grid = FeatureStore.open(item.store).info.grid
         v, g = model.embed_video(video, mask, gaze)
         sizes = level_sizes(video.shape[1], cfg.levels)
-        duration = item.clip_end_s - item.clip_start_s
         for c in range(0, len(item.queries), chunk):
             queries = item.queries[c:c + chunk]
             tokens, tmask = text.batch([text.index[q.text] for q in queries])
@@ -82,8 +82,7 @@ def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[
             logits = logits.masked_fill(~pmask, float("-inf")).float().cpu()
             for query, lg, d in zip(queries, logits.numpy(), dists.float().cpu().numpy()):
                 kept = postprocess_query(lg, d, sizes, cfg.strides, config=post)
-                secs = np.clip(grid.steps_to_clip(kept.segments, item.clip_start_s,
-                                                  item.first), 0.0, duration)
+                secs = item.span.to_seconds(kept.segments)
                 entries.append(Entry(query.clip_uid, query.annotation_uid, query.query_idx,
                                      tuple((float(a), float(b)) for a, b in secs)))
     return entries

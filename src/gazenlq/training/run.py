@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from gazenlq.gaze.metrics import cc, kl_div
 from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
 from gazenlq.nlq.submission import write_submission
-from gazenlq.store import FeatureStore
+from gazenlq.store import FeatureStore, store_path
 from gazenlq.text import build_text_encoder, load_tokenizer
+from gazenlq.timegrid import TimeGrid
 from gazenlq.training import checkpoint, trainer
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.data import (
@@ -52,7 +54,40 @@ class DataPaths:
 
 
 def _split_stores(stores: Path, table: QueryTable) -> list[Path]:
-    return sorted({stores / f"{q.video_uid}.zarr" for q in table})
+    return sorted({store_path(stores, q.video_uid) for q in table})
+
+
+def store_grid(stores: Iterable[Path]) -> TimeGrid:
+    """The one time grid of ``stores``, which every checkpoint of the run records; stores on
+    two different grids are refused with one line naming both."""
+    grid = first = None
+    for path in stores:
+        g = FeatureStore.open(path).info.grid
+        if grid is None:
+            grid, first = g, path
+        elif g != grid:
+            raise GazeNLQError(f"{path}: time grid {g} differs from {first}'s {grid}; the "
+                               "stores of a training run must share one time grid")
+    if grid is None:
+        raise GazeNLQError("no feature stores to train on")
+    return grid
+
+
+def data_grid(data: DataPaths, tables: Sequence[QueryTable | None]) -> TimeGrid:
+    """The time grid shared by the stores of every split in ``tables``."""
+    return store_grid(sorted({p for t in tables if t is not None
+                              for p in _split_stores(data.stores, t)}))
+
+
+def _check_grid(path: Path, grid: TimeGrid, what: str) -> None:
+    """Refuse the checkpoint ``path`` (when present) if it records another time grid than
+    ``grid`` (checkpoints from before grids were recorded pass)."""
+    if not (path / "config.json").is_file():
+        return
+    conf = checkpoint.load_config(path)
+    if checkpoint.TIME_GRID in conf and (old := checkpoint.time_grid(path, conf)) != grid:
+        raise GazeNLQError(f"{path / 'config.json'}: {what} was trained on time grid {old}, "
+                           f"but the stores are on {grid}; use stores of one grid")
 
 
 def _recall_metrics(entries, table: QueryTable) -> dict[str, float]:
@@ -101,10 +136,17 @@ def mean_map(windows: GazeWindows) -> np.ndarray:
 
 
 def train_estimator(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool,
-                    quiet: bool, train_table: QueryTable, val_table: QueryTable) -> Path:
-    """Stage 1 on the eye-tracked training stores; returns the best checkpoint."""
-    train_w = GazeWindows(_split_stores(data.stores, train_table), cfg.stage1_window)
-    val_w = GazeWindows(_split_stores(data.stores, val_table), cfg.stage1_window)
+                    quiet: bool, train_table: QueryTable, val_table: QueryTable,
+                    grid: TimeGrid | None = None) -> Path:
+    """Stage 1 on the eye-tracked training stores; returns the best checkpoint. Its
+    checkpoints record ``grid`` (default: the train and val stores' one grid)."""
+    train_s = _split_stores(data.stores, train_table)
+    val_s = _split_stores(data.stores, val_table)
+    grid = grid or store_grid(train_s + val_s)
+    if resume:
+        _check_grid(out / "stage1" / "last", grid, "the interrupted stage 1")
+    train_w = GazeWindows(train_s, cfg.stage1_window)
+    val_w = GazeWindows(val_s, cfg.stage1_window)
     if len(train_w) == 0 or len(val_w) == 0:
         raise GazeNLQError(f"{data.stores}: stage 1 needs stores with gaze maps in both the "
                            "train and val splits")
@@ -119,7 +161,8 @@ def train_estimator(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         name="stage1", model=est, optim=cfg.stage1, dataset=train_w, collate=None,
         step=step, validate=lambda m: gaze_map_metrics(m, val_w, bias), score="kl",
         higher_is_better=False, workers=cfg.workers, device=resolve_device(cfg.device),
-        config={"kind": "estimator", "train_config": cfg.to_dict()},
+        config={"kind": "estimator", "train_config": cfg.to_dict(),
+                **checkpoint.grid_entry(grid)},
         items_per_batch=lambda b: int(b["valid"].numel()))
     trainer.run(stage, out / "stage1", resume=resume, quiet=quiet)
     return out / "stage1" / "best"
@@ -146,13 +189,20 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
 
 def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool, quiet: bool,
                     text: TextFeatures, train_table: QueryTable, val_table: QueryTable,
-                    estimator_ckpt: Path | None, stop_after_epoch: int | None = None) -> GazeNLQ:
-    """Stage 2; returns the model with the best validation checkpoint's weights."""
+                    estimator_ckpt: Path | None, stop_after_epoch: int | None = None,
+                    grid: TimeGrid | None = None) -> GazeNLQ:
+    """Stage 2; returns the model with the best validation checkpoint's weights. Its
+    checkpoints record ``grid`` (default: the train and val stores' one grid), which the
+    stage-1 checkpoint must share."""
+    grid = grid or data_grid(data, [train_table, val_table])
+    if resume:
+        _check_grid(out / "stage2" / "last", grid, "the interrupted stage 2")
     torch.manual_seed(cfg.stage2.seed)  # initial weights follow the seed
     model = GazeNLQ(cfg)
     if model.estimator is not None:
         if estimator_ckpt is None:
             raise GazeNLQError("the gaze variants need a stage-1 checkpoint")
+        _check_grid(Path(estimator_ckpt), grid, "its stage-1 gaze estimator")
         model.estimator.load_state_dict(checkpoint.load_weights(estimator_ckpt))
     train_items = clip_items(train_table, data.stores)
     val_items = clip_items(val_table, data.stores)
@@ -179,7 +229,8 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         collate=GroundingCollate(text, cfg.grounding.length_multiple), step=step,
         validate=validate, score="R1@0.3", higher_is_better=True, workers=cfg.workers,
         device=resolve_device(cfg.device),
-        config={"kind": "gazenlq", "train_config": cfg.to_dict()},
+        config={"kind": "gazenlq", "train_config": cfg.to_dict(),
+                **checkpoint.grid_entry(grid)},
         items_per_batch=lambda b: len(b["clip_of"]),
         extra_state=lambda: {"normaliser": norm.value},
         load_extra_state=lambda d: setattr(norm, "value", d["normaliser"]))
@@ -219,10 +270,11 @@ def train_stage1(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, 
     """Stage 1 alone into ``out/stage1`` (for runs of ``variant`` that share it); returns
     the best checkpoint."""
     train_table, val_table = _tables(data)
+    grid = data_grid(data, [train_table, val_table])
     cfg = _configure(cfg, data, train_table, text_dim, variant, seed)
     out.mkdir(parents=True, exist_ok=True)
     return train_estimator(cfg, data, out, resume=resume, quiet=quiet,
-                           train_table=train_table, val_table=val_table)
+                           train_table=train_table, val_table=val_table, grid=grid)
 
 
 def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: int,
@@ -230,9 +282,11 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
           text: TextFeatures | None = None) -> dict:
     """Train one variant and seed; writes ``out/results.json`` (and the test split's
     predictions as an Ego4D NLQ submission, ``out/test_predictions.json``, for
-    ``gaze-eval --by-template``) and returns the results."""
+    ``gaze-eval --by-template``) and returns the results. All stores of the run (every
+    split) must share one time grid, which every checkpoint records."""
     train_table, val_table = _tables(data)
     test_table = load_queries(data.test) if data.test else None
+    grid = data_grid(data, [train_table, val_table, test_table])
     if text is None:
         text = load_text(cfg, [t for t in (train_table, val_table, test_table) if t])
     cfg = _configure(cfg, data, train_table, text.dim, variant, seed)
@@ -240,12 +294,13 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
     results: dict = {"variant": variant, "seed": seed}
     if variant != "none" and estimator_ckpt is None:
         estimator_ckpt = train_estimator(cfg, data, out, resume=resume, quiet=quiet,
-                                         train_table=train_table, val_table=val_table)
+                                         train_table=train_table, val_table=val_table,
+                                         grid=grid)
     if estimator_ckpt is not None and variant != "none":
         results["stage1"] = checkpoint.load_config(estimator_ckpt)["metrics"]
     model = train_grounding(cfg, data, out, resume=resume, quiet=quiet, text=text,
                             train_table=train_table, val_table=val_table,
-                            estimator_ckpt=estimator_ckpt)
+                            estimator_ckpt=estimator_ckpt, grid=grid)
     results["val"] = checkpoint.load_config(out / "stage2" / "best")["metrics"]
     if test_table is not None and test_table.with_text():
         items = clip_items(test_table, data.stores)

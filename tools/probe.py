@@ -12,8 +12,8 @@ Does a grounding model's step embedding keep what the features say? ``concept_au
 probes of the visible objects and the verb of each step, from the raw video features and
 from the embedding. And where do its top-1 answers land? ``failure_types``.
 
-``python -m gazenlq.training.probe DATA [--estimator CKPT] [--grounding CKPT]
-[--predictions FILE] [--split val]``
+``python -m tools.probe DATA [--estimator CKPT] [--grounding CKPT] [--predictions FILE]
+[--split val]`` (from the repository root; needs the ``train`` extra)
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from gazenlq.kernels import iou_matrix
 from gazenlq.store import GAZE_INPUT, GAZE_MAPS, VIDEO, FeatureStore
 from gazenlq.synth.config import GRID_SIDE, EgoSimConfig
-from gazenlq.synth.dataset import MANIFEST, plan_sessions, session_timeline, store_path
+from gazenlq.synth.dataset import MANIFEST, plan_sessions, session_store, session_timeline
 from gazenlq.synth.world import OBJECTS, VERBS, World
 from gazenlq.training import checkpoint
 from gazenlq.training.config import TrainConfig
@@ -61,7 +61,7 @@ def identification_rates(data: Path, estimator: GazeEstimator | None = None,
         if plan.split != split or not plan.has_gaze:
             continue
         tl = session_timeline(cfg, plan)
-        store = FeatureStore.open(store_path(data, plan))
+        store = FeatureStore.open(session_store(data, plan))
         n = store.num_steps
         cells = store.read(GAZE_INPUT, 0, n).astype(np.float32).reshape(
             n, GRID_SIDE * GRID_SIDE, cfg.cell_dim)
@@ -115,7 +115,7 @@ def concept_aucs(data: Path, grounding: GroundingModel | None = None, split: str
     labels: dict[str, list[np.ndarray]] = {"objects": [], "verbs": []}
     for plan in plans:
         tl = session_timeline(cfg, plan)
-        video = FeatureStore.open(store_path(data, plan)).read(VIDEO, 0, max_steps)
+        video = FeatureStore.open(session_store(data, plan)).read(VIDEO, 0, max_steps)
         n = len(video)
         first, last = cfg.grid.step_bounds_s(np.arange(n))
         scene = tl.scene_at((first + last) / 2)

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gazenlq.bundle.postprocess import PostprocessConfig
 from gazenlq.errors import GazeNLQError
 from gazenlq.timegrid import TimeGrid
 
@@ -87,7 +88,7 @@ class Manifest:
     length_multiple: int
     max_len: int
     text: dict[str, Any]
-    postprocess: dict[str, Any]
+    postprocess: PostprocessConfig
     graphs: dict[str, dict[str, GraphSpec]]
     files: dict[str, FileEntry]
     exporter: dict[str, str] = field(default_factory=dict)
@@ -109,12 +110,13 @@ class Manifest:
             return self.graphs[precision][name]
         except KeyError:
             have = ", ".join(f"{n} ({p})" for p, g in self.graphs.items() for n in g)
+            hint = "; re-export it with gaze-export --fp16" if precision == "fp16" else ""
             raise BundleError(f"the bundle has no {precision} {name} graph (it has: {have})"
-                              + ("; re-export with --fp16" if precision == "fp16" else "")
-                              ) from None
+                              + hint) from None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["postprocess"] = self.postprocess.to_dict()
         return {"format": FORMAT, "version": d.pop("version"), **d, "axes": AXES}
 
     @classmethod
@@ -123,7 +125,7 @@ class Manifest:
             variant=str(d["variant"]), model=dict(d["model"]), dims=dict(d["dims"]),
             time_grid=TimeGrid(**d["time_grid"]), strides=tuple(d["strides"]),
             length_multiple=int(d["length_multiple"]), max_len=int(d["max_len"]),
-            text=dict(d["text"]), postprocess=dict(d["postprocess"]),
+            text=dict(d["text"]), postprocess=PostprocessConfig.from_dict(d["postprocess"]),
             graphs={p: {n: GraphSpec.from_dict(g) for n, g in gs.items()}
                     for p, gs in d["graphs"].items()},
             files={f: FileEntry(**e) for f, e in d["files"].items()},
