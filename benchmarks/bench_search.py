@@ -11,37 +11,17 @@ weights). Writes benchmarks/results/search.json and refreshes benchmarks/RESULTS
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import ROOT, Section, cpu_label, measure, write_result
+from benchmarks.common import ROOT, Section, cpu_label, measure, search_child, write_result
 
 OUT = ROOT / "out" / "search"
 QUERIES = ["where did I put the bulb", "which tool did I pick up", "what did I put in the box",
            "where is my wallet", "who handed me the keys", "how many eggs did I cut",
            "in which room did I see the kettle", "where was the mug before I washed the pan"]
-
-_CHILD = """
-import json, sys, time
-t0 = time.perf_counter()
-from gazenlq.cli.search import main
-def kib(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-try:
-    main(sys.argv[1:])
-except SystemExit as e:
-    assert not e.code
-print(json.dumps({"seconds": time.perf_counter() - t0, "peak_kib": kib("VmHWM")}),
-      file=sys.stderr)
-"""
-
 
 def _store(hours: float) -> Path:
     """An EgoSim session of ``hours`` (no gaze maps: search does not read them)."""
@@ -53,15 +33,6 @@ def _store(hours: float) -> Path:
     out = OUT / f"video-{hours:g}h-{cfg.fingerprint()}"  # a new EgoSim config, a new store
     generate(cfg, out)
     return find_stores(out / "stores")[0]
-
-
-def _child(args: list[str]) -> tuple[dict, float]:
-    """Run a search in a fresh process; (its self-report, wall time incl. interpreter)."""
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _CHILD, *args], capture_output=True,
-                         text=True, check=True)
-    wall = time.perf_counter() - t0
-    return json.loads(out.stderr.strip().splitlines()[-1]), wall
 
 
 def main() -> None:
@@ -90,13 +61,14 @@ def main() -> None:
     peaks = {}
     for h, store in stores.items():
         shutil.rmtree(store / "cache", ignore_errors=True)
-        r_build, _ = _child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])
-        r_cached, _ = _child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])
+        r_build, _, _ = search_child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])
+        r_cached, _, _ = search_child([str(store), QUERIES[0], "--bundle", bundle,
+                                       "--quiet"])
         peaks[h] = r_build["peak_kib"] / 1024
         mem.rows.append([labels[h], FeatureStore.open(store).num_steps,
                          round(r_build["peak_kib"] / 1024, 1),
                          round(r_cached["peak_kib"] / 1024, 1)])
-        walls = [_child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])[1]
+        walls = [search_child([str(store), QUERIES[0], "--bundle", bundle, "--quiet"])[2]
                  for _ in range(3)]
         cold.rows.append([labels[h], round(statistics.median(walls), 3),
                           f"{min(walls):.3f}-{max(walls):.3f}", len(walls)])

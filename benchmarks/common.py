@@ -178,3 +178,33 @@ def render_results_md() -> Path:
     tmp.write_text("\n".join(out))
     os.replace(tmp, RESULTS_MD)
     return RESULTS_MD
+
+
+_SEARCH_CHILD = """
+import json, sys, time
+t0 = time.perf_counter()
+from gazenlq.cli.search import main
+t_import = time.perf_counter() - t0
+def kib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    assert not e.code
+print(json.dumps({"seconds": time.perf_counter() - t0, "import": t_import,
+                  "peak_kib": kib("VmHWM")}), file=sys.stderr)
+"""
+
+
+def search_child(args: list[str]) -> tuple[dict, str, float]:
+    """``gaze-search ARGS`` in a fresh process: its self-report (seconds, seconds spent
+    importing, peak memory in KiB), its stdout and the wall time including the interpreter."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", _SEARCH_CHILD, *args], capture_output=True,
+                         text=True, check=True)
+    wall = time.perf_counter() - t0
+    return json.loads(out.stderr.strip().splitlines()[-1]), out.stdout, wall

@@ -14,9 +14,11 @@ NLQ_VAL = REPO.parent / "shared" / "data" / "ego4d_nlq" / "nlq_val.json"
 BIN = Path(sys.executable).parent
 
 os.environ.setdefault("GAZENLQ_NO_PROGRESS", "1")
-# the default bundle lives in the user data directory: tests (and the commands they start)
-# get their own, empty one, and no bundle from the environment
+# the default bundle and the bundle-hash memo live in the user's data and cache
+# directories: tests (and the commands they start) get their own, empty ones, and no bundle
+# from the environment
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="gazenlq-test-data-")
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gazenlq-test-cache-")
 os.environ.pop("GAZENLQ_BUNDLE", None)
 
 
@@ -78,3 +80,26 @@ def tiny_bundle(tiny_trained, tmp_path_factory):
     bundle = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
     export_bundle(tiny_trained[1], bundle, threads=1)
     return bundle
+
+
+def reexported_copy(bundle: Path, dst: Path) -> Path:
+    """A copy of ``bundle`` whose video graph is re-saved with another doc string: the same
+    model under another sha256, as a re-export of it would be (a bundle whose index and
+    caches must not be mistaken for the original's)."""
+    import json
+    import shutil
+
+    import onnx
+
+    from gazenlq.bundle.manifest import sha256_file
+
+    shutil.copytree(bundle, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    video_file = manifest["graphs"]["fp32"]["video"]["file"]
+    proto = onnx.load(dst / video_file)
+    proto.doc_string = "re-exported"
+    onnx.save(proto, dst / video_file)
+    manifest["files"][video_file] = {"sha256": sha256_file(dst / video_file),
+                                     "bytes": (dst / video_file).stat().st_size}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst

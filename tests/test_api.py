@@ -98,7 +98,8 @@ def test_bundle_format_is_torch_onnx_and_numba_free():
     reached = _closure(_package_modules("gazenlq.bundle"))
     assert {m for m in reached if m.startswith("gazenlq.")} <= {
         "gazenlq.bundle", *(f"gazenlq.bundle.{m}" for m in
-                            ("default", "manifest", "postprocess", "shapes", "trt")),
+                            ("default", "hashes", "manifest", "postprocess", "shapes",
+                             "trt")),
         "gazenlq.atomic", "gazenlq.errors", "gazenlq.scalars", "gazenlq.timegrid"}
     assert not _top(reached) & {"torch", "onnx", "onnxruntime", "numba", "zarr"}
 

@@ -15,7 +15,7 @@ import pytest
 
 from gazenlq.engine import SearchEngine, SearchOptions, Timings
 from gazenlq.nlq.annotations import load_queries
-from tests.conftest import script
+from tests.conftest import reexported_copy, script
 
 
 def _stores(data) -> list[Path]:
@@ -62,9 +62,9 @@ def test_engine_top5_equals_pytorch_on_every_val_query(tiny_trained, tiny_bundle
                     v.expand(n, -1, -1), ge.expand(n, -1, -1), mask.expand(n, -1), tokens,
                     tmask)
             logits = logits.masked_fill(~pmask, float("-inf")).numpy()
-            etok, emask = engine._encode([q.text for q in item.queries], Timings())
-            scan = engine._scan(item.store, etok, emask, Timings(), top_k=5,
-                                start=item.span.first, stop=item.span.stop)
+            enc = engine._encode([q.text for q in item.queries], Timings())
+            plan = engine._plan(item.store, item.span.first, item.span.stop)
+            scan = engine._scan(plan, enc.tokens, enc.mask, Timings(), top_k=5)
             for qi in range(n):
                 ref = postprocess_query(logits[qi], dists[qi].numpy(),
                                         level_sizes(video.shape[1], g.levels), g.strides)
@@ -92,22 +92,9 @@ def test_second_search_uses_the_cache_and_a_stale_cache_is_rebuilt(tiny_trained,
     assert b.timings.cached_windows == b.timings.windows > 0
     assert engine.search(store, "where did I put the knife").timings.video_model == 0
     assert [m.__dict__ for m in a[0].moments] == [m.__dict__ for m in b[0].moments]
-    # another bundle (here: the same graphs, the video graph re-saved with another doc
-    # string, so its sha256 differs) must not read this cache, and replaces it
-    import onnx
-
-    from gazenlq.bundle.manifest import sha256_file
-
-    other = tmp_path / "other_bundle"
-    shutil.copytree(tiny_bundle, other)
-    manifest = json.loads((other / "manifest.json").read_text())
-    video_file = manifest["graphs"]["fp32"]["video"]["file"]
-    proto = onnx.load(other / video_file)
-    proto.doc_string = "re-exported"
-    onnx.save(proto, other / video_file)
-    manifest["files"][video_file] = {"sha256": sha256_file(other / video_file),
-                                     "bytes": (other / video_file).stat().st_size}
-    (other / "manifest.json").write_text(json.dumps(manifest))
+    # another bundle (the same graphs under another sha256) must not read this cache, and
+    # replaces it
+    other = reexported_copy(tiny_bundle, tmp_path / "other_bundle")
     old = {p.name for p in (store / "cache").iterdir() if p.is_dir()}
     c = SearchEngine(other).search([store], ["where did I put the knife"])
     assert c.timings.video_model > 0 and c.timings.cached_windows == 0

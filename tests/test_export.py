@@ -64,9 +64,9 @@ def test_export_validates_at_three_lengths_and_agrees_end_to_end(trained, export
     for row in report["parity"]:
         assert row["ok"] and row["max_abs_diff"] <= 1e-4, row
         sizes[row["graph"], row["output"]].append(row["size"])
-    assert set(sizes) == {("text", "features"), ("video", "video_emb"), ("video", "gaze_emb"),
-                          ("ground", "logits"), ("ground", "distances"),
-                          ("ground", "point_mask")}
+    assert set(sizes) == {("text", "features"), ("text", "query_emb"), ("video", "video_emb"),
+                          ("video", "gaze_emb"), ("video", "coarse_emb"), ("ground", "logits"),
+                          ("ground", "distances"), ("ground", "point_mask")}
     assert all(len(set(s)) == 3 for s in sizes.values())  # three lengths each
     val_queries = len(load_queries(data.val).with_text())
     assert report["queries_from"] == "given clips"
@@ -97,7 +97,10 @@ def test_manifest_describes_the_bundle(trained, exported):
     assert manifest.validation["agreement"] == report["agreement"]
     video, ground = manifest.graph("video"), manifest.graph("ground", "fp16")
     assert [s.name for s in video.inputs] == ["video", "mask", "gaze_features"]
-    assert [s.name for s in video.outputs] == ["video_emb", "gaze_emb"]
+    assert [s.name for s in video.outputs] == ["video_emb", "gaze_emb", "coarse_emb"]
+    assert video.outputs[2].shape == ("batch", "spans", 128)
+    assert [s.name for s in manifest.graph("text").outputs] == ["features", "query_emb"]
+    assert manifest.coarse == {"span": 16, "dim": 128, "gaze": True}
     assert ground.file == "ground_fp16.onnx"
     assert [s.name for s in ground.outputs] == ["logits", "distances", "point_mask"]
     assert ground.inputs[1].dtype == "bool" and ground.inputs[1].shape == ("batch", "length")
@@ -115,10 +118,10 @@ def test_dynamic_axes_stay_symbolic(exported):
                                                            ["batch", "length"]]
     assert session.get_outputs()[1].shape == ["batch", "points", 2]
     video = ort_session(bundle / "video.onnx", threads=1)  # any length, batch 1
-    emb, _ = video.run(None, {"video": np.ones((1, 3, 256), np.float32),
-                              "mask": np.ones((1, 3), bool),
-                              "gaze_features": np.ones((1, 3, 512), np.float32)})
-    assert emb.shape == (1, 3, 16)
+    emb, _, spans = video.run(None, {"video": np.ones((1, 35, 256), np.float32),
+                                     "mask": np.ones((1, 35), bool),
+                                     "gaze_features": np.ones((1, 35, 512), np.float32)})
+    assert emb.shape == (1, 35, 16) and spans.shape == (1, 3, 128)  # ceil(35 / 16) spans
 
 
 def test_io_check_catches_a_specialised_axis():
@@ -191,7 +194,7 @@ def test_check_revalidates_against_the_checkpoint(trained, exported):
     bundle, _ = exported
     report = check_bundle(bundle, ckpt, threads=1)
     assert report.ok, report.problems
-    assert len(report.parity) == 3 * 6 and all(r.ok for r in report.parity)
+    assert len(report.parity) == 3 * 8 and all(r.ok for r in report.parity)
     assert report.case_source == "random clips"
     assert report.agreement["fp32"].top5 >= 0.99 and "fp16" in report.agreement
 
@@ -201,6 +204,7 @@ def test_cli_check_accepts_an_intact_bundle(exported):
     out = _export("--check", bundle)
     assert out.returncode == 0, out.stderr
     assert "bundle checked" in out.stdout and "next: gaze-search" in out.stdout
+    assert "bundle written" not in out.stdout
 
 
 def _linked_copy(bundle: Path, dst: Path) -> Path:

@@ -186,3 +186,26 @@ def test_file_entry(tmp_path):
     (tmp_path / "f").write_bytes(b"abc")
     assert file_entry(tmp_path / "f") == FileEntry(
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", 3)
+
+
+def test_bundle_hashes_are_remembered_until_a_file_changes(bundle, tmp_path, monkeypatch):
+    import time
+
+    from gazenlq.bundle import hashes
+
+    calls = []
+    real = hashes.sha256_file
+    monkeypatch.setattr(hashes, "sha256_file", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(hashes, "_memo_file", lambda: tmp_path / "memo" / "sha256.json")
+    time.sleep(hashes.SETTLED_NS / 1e9 + 0.1)  # files changed just now are never trusted
+    verify_bundle(bundle)
+    assert len(calls) == 2  # ground.onnx and tokenizer.json
+    verify_bundle(bundle)
+    assert len(calls) == 2  # unchanged: not read again
+    with open(bundle / "ground.onnx", "r+b") as f:  # same size, other bytes
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="sha256 does not match"):
+        verify_bundle(bundle)
+    assert len(calls) == 3

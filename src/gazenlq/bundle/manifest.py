@@ -10,12 +10,12 @@ gazenlq modules and nothing heavier.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gazenlq.bundle.hashes import HashMemo, sha256_file
 from gazenlq.bundle.postprocess import PostprocessConfig
 from gazenlq.errors import GazeNLQError
 from gazenlq.timegrid import TimeGrid
@@ -95,6 +95,9 @@ class Manifest:
     source: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)
     version: int = VERSION
+    coarse: dict[str, Any] | None = None
+    """The coarse stage of coarse-to-fine search (``span`` steps per span embedding, ``dim``,
+    ``gaze``), whose embeddings the text and video graphs output; None: exhaustive only."""
 
     @property
     def uses_gaze(self) -> bool:
@@ -130,15 +133,8 @@ class Manifest:
                     for p, gs in d["graphs"].items()},
             files={f: FileEntry(**e) for f, e in d["files"].items()},
             exporter=dict(d.get("exporter", {})), source=dict(d.get("source", {})),
-            validation=dict(d.get("validation", {})), version=int(d["version"]))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+            validation=dict(d.get("validation", {})), version=int(d["version"]),
+            coarse=None if d.get("coarse") is None else dict(d["coarse"]))
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -169,7 +165,8 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
 
 
 def verify_bundle(bundle_dir: str | Path) -> Manifest:
-    """Read the manifest and check that every listed file is present with its sha256."""
+    """Read the manifest and check that every listed file is present with its sha256 (a
+    file unchanged since this user last hashed it is not read again: ``bundle.hashes``)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
     for graphs in manifest.graphs.values():
@@ -177,11 +174,13 @@ def verify_bundle(bundle_dir: str | Path) -> Manifest:
             if spec.file not in manifest.files:
                 raise BundleError(f"{bundle_dir / MANIFEST}: graph file {spec.file} has no "
                                   "sha256 entry")
+    memo = HashMemo()
     for name, entry in manifest.files.items():
         path = bundle_dir / name
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in {MANIFEST}); re-export the bundle")
-        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+        if path.stat().st_size != entry.bytes or memo.sha256(path) != entry.sha256:
             raise BundleError(f"{path}: sha256 does not match {MANIFEST} (modified or "
                               "corrupted); re-export the bundle")
+    memo.save()
     return manifest

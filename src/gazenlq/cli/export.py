@@ -185,11 +185,11 @@ def _finish(report: Report, bundle: Path, *, written: bool, as_json: bool,
         return
     if written:
         print(f"bundle written: {bundle}")
-    if default is not None:
-        print(f"default bundle: {default}")
     else:
         print(f"bundle checked: {bundle} (hashes and graph I/O match the manifest"
               + (", parity with the checkpoint holds)" if report.parity else ")"))
+    if default is not None:
+        print(f"default bundle: {default}")
     print(f"next: {next_command}")
 
 

@@ -17,6 +17,12 @@ app = make_app("Answer natural-language queries over a feature store or a direct
                "(with the default bundle, or --bundle BUNDLE).")
 
 
+class Mode(str, Enum):
+    auto = "auto"
+    coarse = "coarse"
+    exhaustive = "exhaustive"
+
+
 class Device(str, Enum):
     cpu = "cpu"
     cuda = "cuda"
@@ -52,6 +58,13 @@ def search(
     window: Annotated[int | None, typer.Option(min=64, help="Steps per model window.")] = None,
     overlap: Annotated[int, typer.Option(min=0, help="Overlap of windows, steps.")] = 256,
     batch: Annotated[int, typer.Option(min=1, help="Queries per model call.")] = 32,
+    mode: Annotated[Mode, typer.Option(help="coarse: the fine model only on the regions of "
+                                       "each query's best coarse spans; exhaustive: on every "
+                                       "window (the reference); auto: coarse wherever the "
+                                       "bundle has a coarse stage and the target exceeds one "
+                                       "window.")] = Mode.auto,
+    candidates: Annotated[int, typer.Option(min=1, help="Coarse to fine: spans per query "
+                                            "whose regions are grounded (M).")] = 16,
     cache: Annotated[bool, typer.Option(help="Read and write the per-video caches in the "
                                         "stores (--no-cache: neither).")] = True,
     plot: Annotated[Path | None, typer.Option(help="PNG of the first query's score timeline "
@@ -87,7 +100,8 @@ def search(
     engine = SearchEngine(choice, RuntimeOptions(device.value, "fp16" if fp16 else "fp32",
                                                  threads),
                           SearchOptions(top_k=top_k, window=window, overlap=overlap,
-                                        batch=batch, use_cache=cache, write_cache=cache))
+                                        batch=batch, use_cache=cache, write_cache=cache,
+                                        mode=mode.value, candidates=candidates))
     load_s = time.perf_counter() - t_start
     if index:
         bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing",

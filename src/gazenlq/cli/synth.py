@@ -24,6 +24,11 @@ class Level(str, Enum):
     hard = "hard"
 
 
+class Scope(str, Enum):
+    clip = "clip"
+    session = "session"
+
+
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Output directory (created).")],
@@ -42,6 +47,12 @@ def synth(
     = None,
     hours: Annotated[float | None, typer.Option(min=0.05, help="Fixed session length in hours "
                                                 "(long-video benchmarks).")] = None,
+    query_scope: Annotated[Scope, typer.Option(help="clip: Ego4D's layout (queries per "
+                                               "clip); session: one clip per session with "
+                                               "answers unique in the whole session "
+                                               "(long-video benchmarks).")] = Scope.clip,
+    session_queries: Annotated[int, typer.Option(min=1, help="Queries per session with "
+                                                 "--query-scope session.")] = 100,
     gaze_fraction: Annotated[float, typer.Option(min=0, max=1, help="Share of sessions with "
                                                  "ground-truth gaze maps.")] = 0.5,
     video_dim: Annotated[int, typer.Option(min=8, help="Grounding feature width Dv.")] = 256,
@@ -73,6 +84,7 @@ def synth(
                  if v is not None}
     cfg = EgoSimConfig(seed=seed, sessions=sessions, video_dim=video_dim, cell_dim=cell_dim,
                        gaze_fraction=gaze_fraction, session_hours=hours,
+                       query_scope=query_scope.value, session_queries=session_queries,
                        difficulty=replace(diff, **overrides),
                        grid=TimeGrid(fps=fps, window=window, stride=stride))
     t0 = time.perf_counter()

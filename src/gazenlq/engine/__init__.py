@@ -8,17 +8,17 @@ nothing from ``gazenlq.export`` or ``gazenlq.training`` (tests check the import 
     result = engine.search("videos/", ["where did I put the bulb"], top_k=5)
 """
 
-from gazenlq.engine.runtime import RuntimeOptions
-from gazenlq.engine.search import (
+from gazenlq.engine.options import SearchOptions
+from gazenlq.engine.results import (
     Moment,
     NLQResult,
     QueryResult,
-    SearchEngine,
-    SearchOptions,
     SearchResult,
     Timeline,
     Timings,
 )
+from gazenlq.engine.runtime import RuntimeOptions
+from gazenlq.engine.search import SearchEngine
 
 __all__ = ["Moment", "NLQResult", "QueryResult", "RuntimeOptions", "SearchEngine",
            "SearchOptions", "SearchResult", "Timeline", "Timings"]

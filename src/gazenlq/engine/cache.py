@@ -1,11 +1,16 @@
-"""Per-video cache of the query-independent embeddings, kept inside the feature store.
+"""Per-video cache of the query-independent embeddings (the search index), kept in the store.
 
-``<store>/cache/<key>/`` holds ``video_emb`` (and ``gaze_emb``) ``[windows, length, H]`` for
-one bundle, window plan and step range. The key hashes the bundle's video graph, so a
-cache written by another bundle is never read (it is removed when the new one is
-published). A cache is written into a hidden temporary group and renamed into place, so
-concurrent searches see a complete cache or none, never half of one, and a failed search
-leaves nothing behind.
+``<store>/cache/<key>/`` holds, for one bundle, window plan and step range, one array per
+output of the per-video graph - ``video_emb`` (and ``gaze_emb``) ``[windows, length, H]``
+float32, and for bundles with a coarse stage ``coarse_emb`` ``[windows, spans, D]``
+float16 - as ``.npy`` files that searches memory-map (a coarse-to-fine query reads a few
+slices of a few windows: microseconds, where a chunked read costs a millisecond), and the
+plan as the attributes of a Zarr group's ``zarr.json`` (so that Zarr, listing the store,
+sees the cache directories as groups of its hierarchy). The key hashes the bundle's video
+graph and the precision, so a cache written by another bundle is never read (it is removed
+when the new one is published). A cache is written into a hidden temporary directory and
+renamed into place, so concurrent searches see a complete cache or none, never half of one,
+and a failed search leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -18,96 +23,118 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import zarr
 
-from gazenlq.atomic import owner_alive
+from gazenlq.atomic import owner_alive, write_json_atomic
 
-CACHE_GROUP = "cache"
+CACHE_DIR = "cache"
+META = "zarr.json"
+FORMAT = "gazenlq.index"
+VERSION = 2
+ARRAYS = {"video_emb": np.float32, "gaze_emb": np.float32, "coarse_emb": np.float16}
 
 
 def cache_key(video_graph_sha: str, precision: str, length: int, overlap: int, start: int,
-              stop: int) -> str:
-    blob = json.dumps([video_graph_sha, precision, length, overlap, start, stop])
+              stop: int, shapes: dict[str, tuple[int, ...]]) -> str:
+    """The index of one bundle's video graph at one precision, for one window plan and step
+    range, holding the arrays ``shapes`` (name -> per-window shape)."""
+    blob = json.dumps([video_graph_sha, precision, length, overlap, start, stop,
+                       sorted((k, list(v)) for k, v in shapes.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 class CachedEmbeddings:
-    """A published cache: window ``i``'s embeddings on demand."""
+    """A published cache: its arrays memory-mapped (read-only), its plan in ``meta``."""
 
-    def __init__(self, group: zarr.Group) -> None:
-        self.group = group
-        self.video = group["video_emb"]
-        self.gaze = group["gaze_emb"] if "gaze_emb" in set(group.array_keys()) else None
+    def __init__(self, path: Path, meta: dict) -> None:
+        self.path, self.meta = path, meta
+        self.arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r")
+                       for name in meta["arrays"]}
+        self.video = self.arrays["video_emb"]
+        self.gaze = self.arrays.get("gaze_emb")
+        self.coarse = self.arrays.get("coarse_emb")
 
     def window(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         return self.video[i], None if self.gaze is None else self.gaze[i]
 
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays.values())
+
 
 def load(store: Path, key: str) -> CachedEmbeddings | None:
     """The cache ``key`` of ``store`` if it was published completely, else None."""
-    path = store / CACHE_GROUP / key
-    if not (path / "zarr.json").is_file():
-        return None
+    path = store / CACHE_DIR / key
     try:
-        group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)
-        if not group.attrs.get("complete"):
+        meta = _attributes(path)
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             return None
-        return CachedEmbeddings(group)
-    except Exception:  # a damaged cache is just a miss: it is rebuilt
+        return CachedEmbeddings(path, meta)
+    except (OSError, ValueError, KeyError):  # absent or damaged: a miss, rebuilt
         return None
 
 
 class CacheWriter:
     """Writes one cache window by window; :meth:`publish` renames it into place."""
 
-    def __init__(self, store: Path, key: str, windows: int, length: int, hidden: int,
-                 with_gaze: bool, attrs: dict) -> None:
-        self.root = store / CACHE_GROUP
+    def __init__(self, store: Path, key: str, windows: int, shapes: dict[str, tuple[int, ...]],
+                 plan: dict) -> None:
+        """``shapes``: each array's per-window shape (names from :data:`ARRAYS`)."""
+        self.root = store / CACHE_DIR
         for stale in store.glob(".cache-tmp-*"):
             if not owner_alive(stale):
                 shutil.rmtree(stale, ignore_errors=True)
-        self.key = key
+        self.key, self.plan = key, plan
         # beside the store's arrays, hidden; nothing appears under cache/ until published
         self.tmp = store / f".cache-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        self.group = zarr.open_group(self.tmp, mode="w", zarr_format=3)
-        self.attrs = {**attrs, "complete": False}
-        self.group.attrs.update(self.attrs)
-        shape, chunks = (windows, length, hidden), (1, length, hidden)
-        self.arrays = {"video_emb": self.group.create_array(
-            "video_emb", shape=shape, chunks=chunks, dtype="float32",
-            config={"write_empty_chunks": True})}
-        if with_gaze:
-            self.arrays["gaze_emb"] = self.group.create_array(
-                "gaze_emb", shape=shape, chunks=chunks, dtype="float32",
-                config={"write_empty_chunks": True})
+        self.tmp.mkdir()
+        _write_group(self.tmp, {"complete": False})
+        self.arrays = {name: np.lib.format.open_memmap(
+            self.tmp / f"{name}.npy", mode="w+", dtype=ARRAYS[name], shape=(windows, *shape))
+            for name, shape in shapes.items()}
 
-    def write(self, i: int, video_emb: np.ndarray, gaze_emb: np.ndarray | None) -> None:
-        self.arrays["video_emb"][i] = video_emb
-        if gaze_emb is not None:
-            self.arrays["gaze_emb"][i] = gaze_emb
+    def write(self, i: int, outputs: dict[str, np.ndarray]) -> None:
+        """Window ``i`` of every cached array, from the per-video graph's ``outputs``."""
+        for name, array in self.arrays.items():
+            array[i] = outputs[name]
 
     def publish(self) -> None:
-        """Mark complete and rename into place; drop caches of other bundles for the same
-        window plan; if another process published first, keep theirs."""
-        self.group.attrs.update({**self.attrs, "complete": True})
-        zarr.open_group(self.root, mode="a", zarr_format=3)
+        """Flush, write ``meta.json`` and rename into place; drop caches of other bundles
+        for the same window plan; if another process published first, keep theirs."""
+        for array in self.arrays.values():
+            array.flush()
+        self.arrays.clear()
+        _write_group(self.tmp, {"format": FORMAT, "version": VERSION,
+                                "arrays": sorted(ARRAYS.keys() & {
+                                    p.stem for p in self.tmp.glob("*.npy")}), **self.plan})
+        if not (self.root / META).is_file():
+            self.root.mkdir(exist_ok=True)
+            _write_group(self.root, {})
         target = self.root / self.key
         try:
             os.rename(self.tmp, target)
         except OSError:  # published concurrently by someone else
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        plan = {k: self.attrs[k] for k in ("length", "overlap", "start", "stop")}
+        plan = {k: self.plan[k] for k in ("length", "overlap", "start", "stop")}
         for other in self.root.iterdir():
             if other.name == self.key or other.name.startswith(".") or not other.is_dir():
                 continue
-            meta = other / "zarr.json"
             try:
-                attrs = json.loads(meta.read_text()).get("attributes", {})
+                meta = _attributes(other)
             except (OSError, ValueError):
-                continue
-            if {k: attrs.get(k) for k in plan} == plan:
+                meta = {}  # damaged: replaced as well
+            if {k: meta.get(k) for k in plan} == plan or meta.get("format") != FORMAT:
                 shutil.rmtree(other, ignore_errors=True)
 
     def abort(self) -> None:
+        self.arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _write_group(path: Path, attributes: dict) -> None:
+    write_json_atomic(path / META, {"zarr_format": 3, "node_type": "group",
+                                    "attributes": attributes}, indent=1)
+
+
+def _attributes(path: Path) -> dict:
+    return json.loads((path / META).read_text()).get("attributes", {})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gazenlq.engine.search import QueryResult, Timeline
+from gazenlq.engine.results import QueryResult, Timeline
 from gazenlq.errors import MissingDependencyError
 
 

@@ -7,6 +7,7 @@ execution providers) when asked and present, else a one-line error.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,8 +83,11 @@ class Runtime:
         self._make = lambda name: ort.InferenceSession(
             str(self.path / self.manifest.graph(name, options.precision).file), so,
             providers=providers)
-        # the video graph loads on first use: a search served by caches never needs it
-        self.sessions = {name: self._make(name) for name in ("text", "ground")}
+        # the video graph loads on first use: a search served by caches never needs it; the
+        # other two load at once (ONNX Runtime builds sessions without holding the GIL)
+        with ThreadPoolExecutor(2, thread_name_prefix="gazenlq-session") as pool:
+            made = {name: pool.submit(self._make, name) for name in ("text", "ground")}
+            self.sessions = {name: future.result() for name, future in made.items()}
 
     def _trt_precision(self) -> str:
         """Engines record the graph they were built from; its I/O is that graph's."""
@@ -99,21 +103,26 @@ class Runtime:
         outs = session.run(feeds) if hasattr(session, "engine") else session.run(None, feeds)
         return [o.astype(np.float32) if o.dtype == np.float16 else o for o in outs]
 
-    def text(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token features ``[Q, L, D]`` and mask ``[Q, L]`` (bool) of the queries."""
+    def _named(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        spec = self.manifest.graph(name, self.precision)
+        return dict(zip((t.name for t in spec.outputs), self._run(name, feeds)))
+
+    def text(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Token features ``[Q, L, D]``, mask ``[Q, L]`` (bool) and, for bundles with a
+        coarse stage, the query embeddings ``[Q, dim]`` of the queries."""
         tok = self.tokenizer(queries)
-        (feats,) = self._run("text", {"input_ids": tok.input_ids,
-                                      "attention_mask": tok.attention_mask})
-        return feats, tok.attention_mask.astype(bool)
+        out = self._named("text", {"input_ids": tok.input_ids,
+                                   "attention_mask": tok.attention_mask})
+        return out["features"], tok.attention_mask.astype(bool), out.get("query_emb")
 
     def video(self, video: np.ndarray, mask: np.ndarray, gaze: np.ndarray | None
-              ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Query-independent embeddings of padded windows ``[B, T, *]``."""
+              ) -> dict[str, np.ndarray]:
+        """Query-independent outputs of padded windows ``[B, T, *]`` by name: ``video_emb``
+        (+ ``gaze_emb``) (+ ``coarse_emb``)."""
         feeds = {"video": video, "mask": mask}
         if self.uses_gaze:
             feeds["gaze_features"] = gaze
-        out = self._run("video", feeds)
-        return out[0], (out[1] if self.uses_gaze else None)
+        return self._named("video", feeds)
 
     def ground(self, video_emb: np.ndarray, gaze_emb: np.ndarray | None, mask: np.ndarray,
                tokens: np.ndarray, text_mask: np.ndarray

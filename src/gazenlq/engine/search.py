@@ -1,6 +1,8 @@
-"""The streaming search: stores are read window by window (prefetched), the per-video graph
-runs once per window (or comes from the store's cache), the per-query graph runs on fused
-batches of windows x queries, and candidates of all windows are merged by one Soft-NMS.
+"""The search: stores are cut into windows; the per-video graph runs once per window and its
+outputs are kept as the store's index (``cache``). Exhaustive search runs the per-query
+graph on fused batches of every window x query; coarse to fine scores the library's coarse
+spans first (``coarse``) and runs it only on each query's best spans' regions. Either way
+each query's candidates of a store are merged by one Soft-NMS.
 
 :class:`SearchEngine` is the Python API (``SearchEngine.from_bundle(...)``, then
 :meth:`~SearchEngine.search`, :meth:`~SearchEngine.answer_nlq`, :meth:`~SearchEngine.index`);
@@ -13,18 +15,28 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from gazenlq.bundle import level_sizes, pad_to
 from gazenlq.bundle.default import BundleChoice, resolve_bundle
 from gazenlq.engine import cache as vcache
+from gazenlq.engine.options import MODES, SearchOptions
+from gazenlq.engine.results import (
+    Moment,
+    NLQResult,
+    QueryResult,
+    SearchResult,
+    Timeline,
+    Timings,
+)
 from gazenlq.engine.runtime import Runtime, RuntimeOptions
 from gazenlq.errors import ParameterError, StoreError
 from gazenlq.nlq.annotations import Query, QueryTable, load_queries
-from gazenlq.nlq.submission import Entry, write_submission
+from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore, find_stores, plan_windows, store_path
 from gazenlq.timegrid import ClipSpan
 
@@ -40,107 +52,41 @@ def _load_kernels() -> None:
 
 
 @dataclass(frozen=True)
-class SearchOptions:
-    """How a search runs: window plan, batching, result count, caching."""
+class _Plan:
+    """Steps ``[start, stop)`` of one store cut into windows of ``length`` steps, and the
+    key of their cache (index)."""
 
-    top_k: int = 5
-    window: int | None = None
-    """Steps per model window (a multiple of the bundle's length multiple); default: the
-    bundle's max length."""
-    overlap: int = 256
-    batch: int = 32
-    """Rows (window x query pairs) per call of the per-query graph, at most."""
-    fuse_steps: int = 8192
-    """Rows x window steps per call of the per-query graph, at most: bounds memory whatever
-    the video's length (3 full-length windows, or more shorter ones)."""
-    use_cache: bool = True
-    write_cache: bool = True
-    prefetch: int = 2
+    path: Path
+    store: FeatureStore
+    start: int
+    stop: int
+    length: int
+    overlap: int
+    windows: list[tuple[int, int]]
+    key: str
 
-
-@dataclass(frozen=True)
-class Moment:
-    """One answer: a window of a video (or of an NLQ clip) in seconds, with its score."""
-
-    video: str
-    start_s: float
-    end_s: float
-    score: float
+    def __str__(self) -> str:
+        return f"{self.path}[{self.start}:{self.stop}]"
 
 
-@dataclass
-class Timings:
-    """Seconds spent per stage by one call (``--explain``); ``total`` is its wall time."""
+class _Text(NamedTuple):
+    """Encoded queries: token features, their mask and (coarse stage) query embeddings."""
 
-    text: float = 0.0
-    io: float = 0.0
-    video_model: float = 0.0
-    cache_read: float = 0.0
-    cache_write: float = 0.0
-    ground_model: float = 0.0
-    postprocess: float = 0.0
-    total: float = 0.0
-    windows: int = 0
-    cached_windows: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+    tokens: np.ndarray
+    mask: np.ndarray
+    query_emb: np.ndarray | None
 
 
 @dataclass(frozen=True)
-class Timeline:
-    """A query's best per-step probability over one video or clip, against seconds."""
+class _Row:
+    """One row of the ground graph: a query against a window (or a region of one) starting
+    at ``start`` (steps of the plan) with ``valid`` valid steps of embeddings."""
 
-    seconds: np.ndarray
-    score: np.ndarray
-
-
-@dataclass
-class QueryResult:
-    """The ranked moments of one query over every searched video."""
-
-    query: str
-    moments: list[Moment]
-    timelines: dict[str, Timeline] = field(default_factory=dict)
-    """Per video (or clip): the score timeline, when asked for (plots)."""
-
-
-@dataclass
-class SearchResult:
-    """What :meth:`SearchEngine.search` found: one :class:`QueryResult` per query, in order
-    (iterable, indexable), and the call's timings."""
-
-    results: list[QueryResult]
-    timings: Timings
-    stores: list[Path]
-
-    def __iter__(self):
-        return iter(self.results)
-
-    def __len__(self) -> int:
-        return len(self.results)
-
-    def __getitem__(self, i: int) -> QueryResult:
-        return self.results[i]
-
-
-@dataclass
-class NLQResult:
-    """Answers to an Ego4D NLQ annotation file: submission entries (clip seconds), the same
-    answers as :class:`QueryResult` (``video`` is the clip), and the call's timings."""
-
-    entries: list[Entry]
-    results: list[QueryResult]
-    queries: list[Query]
-    timings: Timings
-
-    @property
-    def clips(self) -> int:
-        return len({q.clip_uid for q in self.queries})
-
-    def write_submission(self, path: str | os.PathLike) -> None:
-        """Write the official Ego4D NLQ submission file (atomically)."""
-        write_submission(path, self.entries)
+    query: int
+    start: int
+    valid: int
+    video: np.ndarray
+    gaze: np.ndarray | None
 
 
 @dataclass
@@ -186,9 +132,25 @@ class SearchEngine:
             raise ParameterError("overlap", options.overlap, f"must be in [0, {window})")
         if options.top_k < 1:
             raise ParameterError("top_k", options.top_k, "must be at least 1")
+        if options.mode not in MODES:
+            raise ParameterError("mode", options.mode, f"expected {', '.join(MODES)}")
+        if options.mode == "coarse" and m.coarse is None:
+            raise ParameterError("mode", "coarse", "this bundle has no coarse stage (export "
+                                 "a model trained with one, or search exhaustively)")
+        if options.mode == "coarse" and not options.use_cache:
+            raise ParameterError("mode", "coarse", "coarse to fine reads the index: keep "
+                                 "use_cache on")
+        if options.candidates < 1:
+            raise ParameterError("candidates", options.candidates, "must be at least 1")
+        if options.context < 0:
+            raise ParameterError("context", options.context, "must be >= 0")
         self.window = window
         self.strides = list(m.strides)
         self.post = m.postprocess
+        self.coarse = m.coarse
+        self._library: dict[tuple, object] = {}  # the last library's span index
+        self._plans: dict[tuple, tuple] = {}
+        self._caches: dict[tuple, vcache.CachedEmbeddings] = {}
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike | None = None, *, device: str = "cpu",
@@ -212,12 +174,12 @@ class SearchEngine:
         top_k = self._top_k(top_k)
         stores = stores_of(target)
         timings = Timings()
-        tokens, tmask = self._encode(queries, timings)
+        text = self._encode(queries, timings)
+        plans = [self._plan(path) for path in stores]
         results = [QueryResult(q, []) for q in queries]
-        for path in stores:
-            store = FeatureStore.open(path)
-            info = store.info
-            scan = self._scan(path, tokens, tmask, timings, top_k=top_k, timeline=timeline)
+        for plan, scan in zip(plans, self._search(plans, text, timings, top_k=top_k,
+                                                  timeline=timeline, on_plan=on_store)):
+            info = plan.store.info
             for qi, found in enumerate(scan.moments):
                 for (s, e), score in found:
                     a, b = info.grid.segments_to_seconds(np.array([s, e]), info.duration_s)
@@ -227,8 +189,6 @@ class SearchEngine:
                     curve = scan.curves[qi]
                     results[qi].timelines[info.video_uid] = Timeline(
                         info.grid.to_seconds(np.arange(len(curve))), curve)
-            if on_store is not None:
-                on_store()
         for r in results:
             r.moments.sort(key=lambda m: -m.score)
             del r.moments[top_k:]
@@ -257,9 +217,9 @@ class SearchEngine:
             q0 = clip_queries[0]
             path = store_path(stores, q0.video_uid)
             span = self._clip(path, q0)
-            tokens, tmask = self._encode([q.text for q in clip_queries], timings)
-            scan = self._scan(path, tokens, tmask, timings, top_k=top_k, start=span.first,
-                              stop=span.stop, timeline=timeline)
+            text = self._encode([q.text for q in clip_queries], timings)
+            [scan] = self._search([self._plan(path, span.first, span.stop)], text, timings,
+                                  top_k=top_k, timeline=timeline)
             for qi, (q, found) in enumerate(zip(clip_queries, scan.moments)):
                 segs = np.array([s for s, _ in found], np.float64).reshape(-1, 2)
                 secs = span.to_seconds(segs)
@@ -280,12 +240,13 @@ class SearchEngine:
 
     def index(self, target: Target, *, on_store: Callable[[], object] | None = None
               ) -> Timings:
-        """Build the per-video caches of every store of ``target`` ahead of searches."""
+        """Build the per-video caches (the index: embeddings and coarse spans) of every
+        store of ``target`` that lacks one for this bundle; the others are left as they
+        are, so adding a store to a library indexes only that store."""
         t_start = time.perf_counter()
         timings = Timings()
-        tokens, tmask = self._encode(["index"], timings)
         for path in stores_of(target):
-            self._scan(path, tokens, tmask, timings, top_k=1)
+            self._index(self._plan(path), timings)
             if on_store is not None:
                 on_store()
         timings.total = time.perf_counter() - t_start
@@ -299,17 +260,41 @@ class SearchEngine:
             raise ParameterError("top_k", top_k, "must be at least 1")
         return top_k
 
-    def _encode(self, queries: Sequence[str], timings: Timings
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _encode(self, queries: Sequence[str], timings: Timings) -> _Text:
         if not queries:
             raise ParameterError("queries", [], "give at least one question")
         for q in queries:
             if not q.strip():
                 raise ParameterError("queries", q, "empty query: give the question in words")
         t0 = time.perf_counter()
-        out = self.runtime.text(list(queries))
+        out = _Text(*self.runtime.text(list(queries)))
         timings.text += time.perf_counter() - t0
         return out
+
+    def _coarse_for(self, plans: list[_Plan]) -> bool:
+        """Whether ``plans`` are searched coarse to fine (see ``SearchOptions.mode``)."""
+        mode = self.options.mode
+        if mode == "exhaustive" or self.coarse is None or not self.options.use_cache:
+            return False
+        return mode == "coarse" or sum(len(p.windows) for p in plans) > 1
+
+    def _search(self, plans: list[_Plan], text: _Text, timings: Timings, *, top_k: int,
+                timeline: bool, on_plan: Callable[[], object] | None = None) -> list[_Scan]:
+        """One scan per plan, coarse to fine or exhaustive."""
+        if self._coarse_for(plans):
+            for plan in plans:
+                self._index(plan, timings)
+                if on_plan is not None:
+                    on_plan()
+            return self._coarse(plans, text.tokens, text.mask, text.query_emb, timings,
+                                top_k=top_k, timeline=timeline)
+        scans = []
+        for plan in plans:
+            scans.append(self._scan(plan, text.tokens, text.mask, timings, top_k=top_k,
+                                    timeline=timeline))
+            if on_plan is not None:
+                on_plan()
+        return scans
 
     @staticmethod
     def _clip(path: Path, query: Query) -> ClipSpan:
@@ -328,70 +313,86 @@ class SearchEngine:
             raise StoreError(f"{store.path}: time grid {store.info.grid} differs from the "
                              f"bundle's {self.manifest.time_grid}")
 
-    def _scan(self, store_path: Path, tokens: np.ndarray, text_mask: np.ndarray,
-              timings: Timings, *, top_k: int, start: int = 0, stop: int | None = None,
-              timeline: bool = False) -> _Scan:
-        """Search steps ``[start, stop)`` of one store for every query; the moments are
-        ``(segment, score)`` with the segment in steps relative to ``start``."""
+    # -- the window plan and the index (per-video caches) -------------------------------
+
+    def _plan(self, store_path: Path, start: int = 0, stop: int | None = None) -> _Plan:
+        """The windows of steps ``[start, stop)`` of one store and their cache key
+        (remembered while the store's metadata is unchanged: a library's hundred stores
+        are not reopened for every query)."""
         store_path = Path(store_path)
+        try:
+            stamp = (store_path / "zarr.json").stat().st_mtime_ns
+        except OSError:
+            stamp = None  # FeatureStore.open names the problem
+        memo = self._plans.get((store_path, start, stop))
+        if memo is not None and stamp is not None and memo[0] == stamp:
+            return memo[1]
+        plan = self._new_plan(store_path, start, stop)
+        self._plans[(store_path, start, stop)] = (stamp, plan)
+        return plan
+
+    def _new_plan(self, store_path: Path, start: int, stop: int | None) -> _Plan:
         store = FeatureStore.open(store_path)
         self._check_store(store)
         stop = store.num_steps if stop is None else stop
         n = stop - start
         length = min(self.window, pad_to(n, self.manifest.length_multiple))
-        plan = plan_windows(n, length, min(self.options.overlap, length - 1))
-        t = timings
-        q = len(tokens)
-        cands: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-        curves = [np.zeros(n, np.float32) for _ in range(q)] if timeline else []
+        overlap = min(self.options.overlap, length - 1)
         key = vcache.cache_key(self.manifest.files[self.manifest.graph(
             "video", self.runtime.precision).file].sha256, self.runtime.precision,
-            length, self.options.overlap, start, stop)
-        cached = vcache.load(store_path, key) if self.options.use_cache else None
-        writer = None
-        if cached is None and self.options.write_cache:
-            writer = vcache.CacheWriter(
-                store_path, key, len(plan), length, int(self.manifest.dims["hidden"]),
-                self.manifest.uses_gaze, {"length": length, "overlap": self.options.overlap,
-                                          "start": start, "stop": stop,
-                                          "bundle_video_sha256": key})
-        arrays = (VIDEO, GAZE_INPUT) if self.manifest.uses_gaze else (VIDEO,)
-        pending: list[tuple] = []  # windows waiting for one fused call of the ground graph
-        per_call = max(1, self._rows(length) // max(q, 1))
-        try:
-            windows = self._windows(store, length, start, stop, arrays, cached is None, t)
-            for i, (ws, we, data) in enumerate(windows):
-                valid = we - ws
+            length, self.options.overlap, start, stop, self._output_shapes(length))
+        return _Plan(Path(store_path), store, start, stop, length, overlap,
+                     plan_windows(n, length, overlap), key)
+
+    def _outputs(self, plan: _Plan, timings: Timings):
+        """Yield ``(window, start, valid, outputs)`` for every window of ``plan``: from the
+        cache, or from the per-video graph (read-ahead features), writing the cache."""
+        t = timings
+        cached = vcache.load(plan.path, plan.key) if self.options.use_cache else None
+        if cached is not None:
+            for i, (ws, we) in enumerate(plan.windows):
+                t0 = time.perf_counter()
+                out = {name: a[i] for name, a in cached.arrays.items()}
+                t.cache_read += time.perf_counter() - t0
                 t.windows += 1
+                t.cached_windows += 1
+                yield i, ws, we - ws, out
+            return
+        writer = None
+        if self.options.write_cache:
+            writer = vcache.CacheWriter(plan.path, plan.key, len(plan.windows),
+                                        self._output_shapes(plan.length), {
+                                            "length": plan.length,
+                                            "overlap": self.options.overlap,
+                                            "start": plan.start, "stop": plan.stop})
+        arrays = (VIDEO, GAZE_INPUT) if self.manifest.uses_gaze else (VIDEO,)
+        store, length = plan.store, plan.length
+        try:
+            it = store.windows(length, plan.overlap, arrays=arrays,
+                               prefetch=self.options.prefetch, dtype=np.float32,
+                               start=plan.start, stop=plan.stop)
+            for i in range(len(plan.windows)):
+                t0 = time.perf_counter()
+                win = next(it)
+                t.io += time.perf_counter() - t0
+                valid = len(win)
                 mask = np.zeros((1, length), bool)
                 mask[0, :valid] = True
-                if cached is not None:
+                video = np.zeros((1, length, store.dim(VIDEO)), np.float32)
+                video[0, :valid] = win.arrays[VIDEO]
+                gaze = None
+                if self.manifest.uses_gaze:
+                    gaze = np.zeros((1, length, store.dim(GAZE_INPUT)), np.float32)
+                    gaze[0, :valid] = win.arrays[GAZE_INPUT]
+                t0 = time.perf_counter()
+                out = {k: v[0] for k, v in self.runtime.video(video, mask, gaze).items()}
+                t.video_model += time.perf_counter() - t0
+                t.windows += 1
+                if writer is not None:
                     t0 = time.perf_counter()
-                    v_emb, g_emb = cached.window(i)
-                    v_emb, g_emb = v_emb[None], None if g_emb is None else g_emb[None]
-                    t.cache_read += time.perf_counter() - t0
-                    t.cached_windows += 1
-                else:
-                    video = np.zeros((1, length, store.dim(VIDEO)), np.float32)
-                    video[0, :valid] = data[VIDEO]
-                    gaze = None
-                    if self.manifest.uses_gaze:
-                        gaze = np.zeros((1, length, store.dim(GAZE_INPUT)), np.float32)
-                        gaze[0, :valid] = data[GAZE_INPUT]
-                    t0 = time.perf_counter()
-                    v_emb, g_emb = self.runtime.video(video, mask, gaze)
-                    t.video_model += time.perf_counter() - t0
-                    if writer is not None:
-                        t0 = time.perf_counter()
-                        writer.write(i, v_emb[0], None if g_emb is None else g_emb[0])
-                        t.cache_write += time.perf_counter() - t0
-                pending.append((ws, valid, v_emb[0], None if g_emb is None else g_emb[0],
-                                mask[0]))
-                if len(pending) >= per_call:
-                    self._ground(pending, length, tokens, text_mask, cands, curves, t)
-                    pending = []
-            if pending:
-                self._ground(pending, length, tokens, text_mask, cands, curves, t)
+                    writer.write(i, out)
+                    t.cache_write += time.perf_counter() - t0
+                yield i, win.start - plan.start, valid, out
             if writer is not None:
                 t0 = time.perf_counter()
                 writer.publish()
@@ -400,6 +401,161 @@ class SearchEngine:
             if writer is not None:
                 writer.abort()
             raise
+
+    def _output_shapes(self, length: int) -> dict[str, tuple[int, ...]]:
+        """Per-window shape of every output of the per-video graph (the cache's arrays)."""
+        h = int(self.manifest.dims["hidden"])
+        shapes = {"video_emb": (length, h)}
+        if self.manifest.uses_gaze:
+            shapes["gaze_emb"] = (length, h)
+        if self.coarse is not None:
+            shapes["coarse_emb"] = (-(-length // self.coarse["span"]), self.coarse["dim"])
+        return shapes
+
+    def _index(self, plan: _Plan, timings: Timings) -> vcache.CachedEmbeddings:
+        """The published cache of ``plan``, built first when missing (kept open: a cache's
+        key names its content, so a published one never changes)."""
+        cached = self._caches.get((plan.path, plan.key))
+        if cached is not None and cached.path.is_dir():
+            return cached
+        cached = vcache.load(plan.path, plan.key)
+        if cached is None:
+            for _ in self._outputs(plan, timings):
+                pass
+            cached = vcache.load(plan.path, plan.key)
+        if cached is None:
+            raise StoreError(f"{plan.path}: the index could not be written (read-only?); "
+                             "search it with mode='exhaustive'")
+        self._caches[(plan.path, plan.key)] = cached
+        return cached
+
+    # -- exhaustive: every window ---------------------------------------------------------
+
+    def _scan(self, plan: _Plan, tokens: np.ndarray, text_mask: np.ndarray,
+              timings: Timings, *, top_k: int, timeline: bool = False) -> _Scan:
+        """Search every window of ``plan`` for every query; the moments are
+        ``(segment, score)`` with the segment in steps relative to the plan's start."""
+        q = len(tokens)
+        cands: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+        curves = [np.zeros(plan.stop - plan.start, np.float32) for _ in range(q)] \
+            if timeline else []
+        pending: list[_Row] = []  # windows waiting for one fused call of the ground graph
+        per_call = max(1, self._rows(plan.length) // max(q, 1))
+        for _, ws, valid, out in self._outputs(plan, timings):
+            pending += [_Row(qi, ws, valid, out["video_emb"], out.get("gaze_emb"))
+                        for qi in range(q)]
+            if len(pending) >= per_call * q:
+                self._ground(pending, plan.length, tokens, text_mask, cands, curves, timings)
+                pending = []
+        if pending:
+            self._ground(pending, plan.length, tokens, text_mask, cands, curves, timings)
+        return _Scan(self._nms(cands, q, top_k, timings), curves)
+
+    # -- coarse to fine: the best spans' regions only -------------------------------------
+
+    def _coarse(self, plans: list[_Plan], tokens: np.ndarray, text_mask: np.ndarray,
+                query_emb: np.ndarray, timings: Timings, *, top_k: int,
+                timeline: bool = False) -> list[_Scan]:
+        """Search ``plans`` (one store range each) for every query, coarse to fine: the
+        library's span scores pick each query's ``candidates`` best spans, and the ground
+        graph runs only on their regions. One scan per plan, as :meth:`_scan` returns."""
+        from gazenlq.engine.coarse import SpanIndex, StoreSpans
+
+        t = timings
+        q = len(tokens)
+        indexes = [self._index(p, t) for p in plans]
+        t0 = time.perf_counter()
+        library = self._library.get(tuple(p.key for p in plans) + tuple(map(str, plans)))
+        if library is None:
+            library = SpanIndex([StoreSpans(p.path, c.coarse, np.array(
+                [a for a, _ in p.windows]), np.array([b - a for a, b in p.windows]))
+                for p, c in zip(plans, indexes)], self.coarse["span"])
+            self._library = {tuple(p.key for p in plans) + tuple(map(str, plans)): library}
+        top = library.top(library.scores(query_emb), self.options.candidates)
+        t.coarse += time.perf_counter() - t0
+        by_plan: dict[int, list[_Row]] = defaultdict(list)
+        multiple = self.manifest.length_multiple
+        for qi in range(q):
+            for r in library.regions(top[qi], context=self.options.context,
+                                     multiple=multiple):
+                plan, cached = plans[r.store], indexes[r.store]
+                ws, we = plan.windows[r.window]
+                # the whole window is exactly its exhaustive row (padding included)
+                rows = slice(None) if (r.start, r.stop) == (0, we - ws) else \
+                    slice(r.start, r.stop)
+                t.fine_steps += r.stop - r.start
+                by_plan[r.store].append(_Row(
+                    qi, ws + r.start, r.stop - r.start, cached.video[r.window, rows],
+                    None if cached.gaze is None else cached.gaze[r.window, rows]))
+        scans = []
+        for p, plan in enumerate(plans):
+            cands: dict[int, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
+            curves = [np.zeros(plan.stop - plan.start, np.float32) for _ in range(q)] \
+                if timeline else []
+            rows = sorted(by_plan.get(p, []), key=lambda r: (r.start, r.query))
+            for length, group in self._by_length(rows):
+                self._ground(group, length, tokens, text_mask, cands, curves, t)
+            scans.append(_Scan(self._nms(cands, q, top_k, t), curves))
+        return scans
+
+    def _by_length(self, rows: list[_Row]) -> list[tuple[int, list[_Row]]]:
+        """Rows grouped by their padded length (a whole window keeps its own)."""
+        groups: dict[int, list[_Row]] = defaultdict(list)
+        for r in rows:
+            groups[pad_to(len(r.video), self.manifest.length_multiple)].append(r)
+        return sorted(groups.items())
+
+    # -- the fine model and post-processing -------------------------------------------
+
+    def _rows(self, length: int) -> int:
+        """Rows per call of the per-query graph for windows of ``length`` steps."""
+        return max(1, min(self.options.batch, self.options.fuse_steps // length))
+
+    def _ground(self, rows: list[_Row], length: int, tokens: np.ndarray,
+                text_mask: np.ndarray, cands, curves, timings: Timings) -> None:
+        """The ground graph on fused batches of (window or region, query) rows - at most
+        ``options.batch`` rows and ``fuse_steps`` steps per call - then decoding of every
+        row; rows shorter than ``length`` are zero-padded and masked."""
+        from gazenlq.kernels import decode_segments
+
+        t = timings
+        sizes = level_sizes(length, len(self.strides))
+        post = self.post
+        step = self._rows(length)
+        h = rows[0].video.shape[-1] if rows else 0
+        for r0 in range(0, len(rows), step):
+            chunk = rows[r0:r0 + step]
+            b = len(chunk)
+            video_emb = np.zeros((b, length, h), np.float32)
+            gaze_emb = None if chunk[0].gaze is None else np.zeros((b, length, h), np.float32)
+            mask = np.zeros((b, length), bool)
+            for j, r in enumerate(chunk):
+                video_emb[j, :len(r.video)] = r.video
+                if gaze_emb is not None:
+                    gaze_emb[j, :len(r.gaze)] = r.gaze
+                mask[j, :r.valid] = True
+            qi = [r.query for r in chunk]
+            t0 = time.perf_counter()
+            logits, dists, pmask = self.runtime.ground(video_emb, gaze_emb, mask, tokens[qi],
+                                                       text_mask[qi])
+            t.ground_model += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            logits = np.where(pmask, logits, -np.inf).astype(np.float32)
+            for j, r in enumerate(chunk):
+                cand = decode_segments(logits[j], dists[j], sizes, self.strides,
+                                       score_threshold=post.score_threshold,
+                                       pre_nms_topk=post.pre_nms_topk,
+                                       min_length=post.min_length)
+                cands[r.query].append((cand.segments + np.float32(r.start), cand.scores))
+                if curves:
+                    prob = 1 / (1 + np.exp(-logits[j, :r.valid]))
+                    seg = curves[r.query][r.start:r.start + r.valid]
+                    np.maximum(seg, prob, out=seg)
+            t.postprocess += time.perf_counter() - t0
+
+    def _nms(self, cands, q: int, top_k: int, timings: Timings
+             ) -> list[list[tuple[list[float], float]]]:
+        """One Soft-NMS per query over all its windows' or regions' candidates."""
         from gazenlq.kernels import soft_nms
 
         t0 = time.perf_counter()
@@ -416,66 +572,5 @@ class SearchEngine:
                             iou_threshold=post.iou_threshold, min_score=post.min_score,
                             top_k=top_k, voting_thresh=post.voting_thresh)
             moments.append(list(zip(kept.segments.tolist(), kept.scores.tolist())))
-        t.postprocess += time.perf_counter() - t0
-        return _Scan(moments, curves)
-
-    def _windows(self, store: FeatureStore, length: int, start: int, stop: int, arrays,
-                 need_data: bool, timings: Timings):
-        """Yield ``(start, stop, arrays)`` per window, relative to ``start``; features are
-        read (prefetched) only when the cache cannot serve the window."""
-        overlap = min(self.options.overlap, length - 1)
-        if not need_data:
-            for ws, we in plan_windows(stop - start, length, overlap):
-                yield ws, we, {}
-            return
-        it = store.windows(length, overlap, arrays=arrays, prefetch=self.options.prefetch,
-                           dtype=np.float32, start=start, stop=stop)
-        while True:
-            t0 = time.perf_counter()
-            win = next(it, None)
-            timings.io += time.perf_counter() - t0
-            if win is None:
-                return
-            yield win.start - start, win.stop - start, win.arrays
-
-    def _rows(self, length: int) -> int:
-        """Rows per call of the per-query graph for windows of ``length`` steps."""
-        return max(1, min(self.options.batch, self.options.fuse_steps // length))
-
-    def _ground(self, windows: list[tuple], length: int, tokens: np.ndarray,
-                text_mask: np.ndarray, cands, curves, timings: Timings) -> None:
-        """The ground graph on fused batches of (window, query) rows - many windows and many
-        queries per call, at most ``options.batch`` rows - then decoding of every row."""
-        from gazenlq.kernels import decode_segments
-
-        t = timings
-        q = len(tokens)
-        sizes = level_sizes(length, len(self.strides))
-        post = self.post
-        rows = [(w, qi) for w in range(len(windows)) for qi in range(q)]
-        step = self._rows(length)
-        for r0 in range(0, len(rows), step):
-            chunk = rows[r0:r0 + step]
-            wi = [w for w, _ in chunk]
-            qi = [k for _, k in chunk]
-            video_emb = np.stack([windows[w][2] for w in wi])
-            gaze_emb = None if windows[0][3] is None else np.stack([windows[w][3] for w in wi])
-            mask = np.stack([windows[w][4] for w in wi])
-            t0 = time.perf_counter()
-            logits, dists, pmask = self.runtime.ground(video_emb, gaze_emb, mask, tokens[qi],
-                                                       text_mask[qi])
-            t.ground_model += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            logits = np.where(pmask, logits, -np.inf).astype(np.float32)
-            for r, (w, k) in enumerate(chunk):
-                ws, valid = windows[w][0], windows[w][1]
-                cand = decode_segments(logits[r], dists[r], sizes, self.strides,
-                                       score_threshold=post.score_threshold,
-                                       pre_nms_topk=post.pre_nms_topk,
-                                       min_length=post.min_length)
-                cands[k].append((cand.segments + np.float32(ws), cand.scores))
-                if curves:
-                    prob = 1 / (1 + np.exp(-logits[r, :valid]))
-                    seg = curves[k][ws:ws + valid]
-                    np.maximum(seg, prob, out=seg)
-            t.postprocess += time.perf_counter() - t0
+        timings.postprocess += time.perf_counter() - t0
+        return moments

@@ -175,7 +175,9 @@ def _manifest(model: GazeNLQ, conf: dict, checkpoint: Path, bundle: Path,
         source={"checkpoint": str(checkpoint.resolve()), "epoch": conf.get("epoch"),
                 "metrics": conf.get("metrics", {}),
                 "weights_sha256": sha256_file(checkpoint / "model.safetensors")},
-        validation=report.to_dict())
+        validation=report.to_dict(),
+        coarse=None if model.coarse is None else {
+            "span": cfg.coarse.span, "dim": cfg.coarse.dim, "gaze": model.coarse.gaze})
 
 
 def _file(graph: GraphDef, precision: str) -> str:

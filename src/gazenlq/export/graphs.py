@@ -1,8 +1,10 @@
 """The three exported graphs as PyTorch modules, with their I/O specs and random inputs.
 
-- ``text``: frozen query encoder, ``input_ids, attention_mask -> features``;
-- ``video``: per-video half, ``video, mask [, gaze_features] -> video_emb [, gaze_emb]``;
-  for the gaze variants the stage-1 estimator's gaze tokens are computed inside it;
+- ``text``: frozen query encoder, ``input_ids, attention_mask -> features [, query_emb]``;
+- ``video``: per-video half, ``video, mask [, gaze_features] -> video_emb [, gaze_emb]
+  [, coarse_emb]``; for the gaze variants the stage-1 estimator's gaze tokens are computed
+  inside it; ``query_emb`` and ``coarse_emb`` (models with a coarse stage) are the query
+  and span embeddings of coarse-to-fine search;
 - ``ground``: per-query half, ``video_emb, mask, tokens, text_mask [, gaze_emb] ->
   logits, distances, point_mask``; its length must be a multiple of ``length_multiple``.
 
@@ -27,12 +29,29 @@ from gazenlq.training.model import GazeNLQ
 GRAPHS = ("text", "video", "ground")
 
 
+class TextGraph(nn.Module):
+    """The frozen query encoder's token features (+ the coarse stage's query embedding)."""
+
+    def __init__(self, model: GazeNLQ, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.coarse = encoder, model.coarse
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:
+        features = self.encoder(input_ids, attention_mask)
+        if self.coarse is None:
+            return (features,)
+        return features, self.coarse.query(features, attention_mask)
+
+
 class VideoGraph(nn.Module):
-    """Query-independent half: video embedding (+ gaze tokens -> gaze context)."""
+    """Query-independent half: video embedding (+ gaze tokens -> gaze context) (+ the coarse
+    stage's span embeddings)."""
 
     def __init__(self, model: GazeNLQ) -> None:
         super().__init__()
         self.grounding, self.estimator = model.grounding, model.estimator
+        self.coarse = model.coarse
         self.variant = model.cfg.grounding.gaze
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor,
@@ -41,7 +60,8 @@ class VideoGraph(nn.Module):
         if self.estimator is not None:
             gaze = self.estimator.gaze_tokens(gaze_features, mask, self.variant)
         v, g = self.grounding.embed_video(video, mask, gaze)
-        return (v,) if g is None else (v, g)
+        out = (v,) if g is None else (v, g)
+        return out if self.coarse is None else (*out, self.coarse.spans(v, g, mask))
 
 
 class GroundGraph(nn.Module):
@@ -97,11 +117,15 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
     f32, h = "float32", cfg.hidden
     seq = ("batch", "length")
     txt = ("batch", "text_length")
+    coarse = model.cfg.coarse if model.coarse is not None else None
+    text_out = [TensorSpec("features", f32, (*txt, text_encoder.dim))]
+    if coarse is not None:
+        text_out.append(TensorSpec("query_emb", f32, ("batch", coarse.dim)))
     text = GraphDef(
-        "text", text_encoder.eval(),
+        "text", TextGraph(model, text_encoder).eval(),
         (TensorSpec("input_ids", "int64", txt), TensorSpec("attention_mask", "int64", txt)),
-        (TensorSpec("features", f32, (*txt, text_encoder.dim)),),
-        masks={"attention_mask": "text_length"}, valid={"features": "attention_mask"})
+        tuple(text_out), masks={"attention_mask": "text_length"},
+        valid={"features": "attention_mask"})
     video_in = [TensorSpec("video", f32, (*seq, cfg.video_dim)), TensorSpec("mask", "bool", seq)]
     video_out = [TensorSpec("video_emb", f32, (*seq, h))]
     ground_in = [TensorSpec("video_emb", f32, (*seq, h)), TensorSpec("mask", "bool", seq),
@@ -111,8 +135,11 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
         video_in.append(TensorSpec("gaze_features", f32, (*seq, model.estimator.cfg.in_dim)))
         video_out.append(TensorSpec("gaze_emb", f32, (*seq, h)))
         ground_in.append(TensorSpec("gaze_emb", f32, (*seq, h)))
+    valid = {o.name: "mask" for o in video_out}
+    if coarse is not None:  # spans without a valid step are zero on both sides
+        video_out.append(TensorSpec("coarse_emb", f32, ("batch", "spans", coarse.dim)))
     video = GraphDef("video", VideoGraph(model).eval(), tuple(video_in), tuple(video_out),
-                     masks={"mask": "length"}, valid={o.name: "mask" for o in video_out})
+                     masks={"mask": "length"}, valid=valid)
     pts = ("batch", "points")
     ground = GraphDef(
         "ground", GroundGraph(model).eval(), tuple(ground_in),

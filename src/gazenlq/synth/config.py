@@ -43,6 +43,10 @@ DIFFICULTIES: dict[str, Difficulty] = {
 }
 
 
+QUERY_SCOPES = ("clip", "session")
+LATER_FIELDS = {"query_scope": "clip", "session_queries": 100}
+
+
 @dataclass(frozen=True)
 class EgoSimConfig:
     """Everything that determines an EgoSim dataset; equal configs give identical data."""
@@ -58,6 +62,16 @@ class EgoSimConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     difficulty: Difficulty = field(default_factory=Difficulty)
     grid: TimeGrid = EGO4D
+    query_scope: str = "clip"
+    """``clip``: Ego4D's layout, queries per clip, each answer unique in its clip;
+    ``session`` (long-video benchmarks): one clip per session, the whole of it, with
+    ``session_queries`` queries whose answers are unique in the whole session."""
+    session_queries: int = 100
+
+    def __post_init__(self) -> None:
+        if self.query_scope not in QUERY_SCOPES:
+            raise ValueError(f"query_scope must be one of {', '.join(QUERY_SCOPES)}, got "
+                             f"{self.query_scope!r}")
 
     @property
     def gaze_dim(self) -> int:
@@ -67,7 +81,13 @@ class EgoSimConfig:
         return replace(self, difficulty=DIFFICULTIES[name])
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config as JSON; fields added after the first release are left out at their
+        defaults, so that older datasets keep their fingerprint."""
+        d = asdict(self)
+        for name, default in LATER_FIELDS.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> EgoSimConfig:

@@ -47,7 +47,9 @@ def plan_sessions(cfg: EgoSimConfig) -> list[SessionPlan]:
     Eye-tracked sessions are drawn per split (``round(gaze_fraction * n)`` of each), so
     every split of a dataset with gaze has some, as stage-1 training and validation need.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5E55]))
+    # session-scope datasets (long-video benchmarks, same world) get their own video uids
+    scope = [] if cfg.query_scope == "clip" else [1]
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x5E55, *scope]))
     order = rng.permutation(cfg.sessions)
     bounds = np.cumsum(np.array(cfg.split) / sum(cfg.split)) * cfg.sessions
     split_of = {int(s): SPLITS[int(np.searchsorted(bounds, rank, side="right"))]
@@ -110,9 +112,10 @@ def video_entry(cfg: EgoSimConfig, plan: SessionPlan, tl: Timeline) -> dict:
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, plan.index, 2]))
     fps = cfg.grid.fps
     clips = []
-    for c0, c1 in tl.clips:
+    session = cfg.query_scope == "session"
+    for c0, c1 in [(0.0, tl.duration_s)] if session else tl.clips:
         inside = [e for e in tl.events if e.start_s >= c0 and e.end_s <= c1]
-        queries = clip_queries(inside, rng)
+        queries = clip_queries(inside, rng, cfg.session_queries if session else None)
         groups = [queries[i:i + 7] for i in range(0, len(queries), 7)]
         annotations = [{
             "language_queries": [{

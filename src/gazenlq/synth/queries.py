@@ -45,16 +45,28 @@ def _did(e: Event) -> str:
 Picker = Callable[[list[Event], int, np.random.Generator], tuple[int, str, str, str] | None]
 
 
-def _unique(events: list[Event], key: Callable[[Event], object | None]) -> list[int]:
-    keys = [key(e) for e in events]
-    counts = Counter(k for k in keys if k is not None)
-    return [i for i, k in enumerate(keys) if k is not None and counts[k] == 1]
+_UNIQUE: dict[tuple[int, Callable], set[int]] = {}
+"""Unique-key events per (event list, key) while :func:`clip_queries` runs (a 10-hour
+session's thousands of events would otherwise be rescanned for every candidate)."""
+
+
+def _unique(events: list[Event], key: Callable[[Event], object | None]) -> set[int]:
+    hit = _UNIQUE.get((id(events), key))
+    if hit is None:
+        keys = [key(e) for e in events]
+        counts = Counter(k for k in keys if k is not None)
+        hit = {i for i, k in enumerate(keys) if k is not None and counts[k] == 1}
+        _UNIQUE[(id(events), key)] = hit
+    return hit
+
+
+def _action(e: Event):
+    return (e.verb, e.obj, e.target) if e.obj >= 0 else None
 
 
 def _pick_before_after(ev: list[Event], i: int, rng: np.random.Generator):
     b = ev[i]
-    if b.obj < 0 or i not in _unique(ev, lambda e: (e.verb, e.obj, e.target) if e.obj >= 0
-                                     else None):
+    if b.obj < 0 or i not in _unique(ev, _action):
         return None
     before = rng.random() < 0.6
     span = range(i - 1, -1, -1) if before else range(i + 1, len(ev))
@@ -141,9 +153,19 @@ def queries_per_clip(rng: np.random.Generator) -> int:
     return int(np.clip(round(rng.gamma(3.0, 11.0 / 3.0)), 1, 30))
 
 
-def clip_queries(events: list[Event], rng: np.random.Generator) -> list[SynthQuery]:
-    """Queries for one clip's interactions (those entirely inside it), without repeats."""
-    want = queries_per_clip(rng)
+def clip_queries(events: list[Event], rng: np.random.Generator, want: int | None = None
+                 ) -> list[SynthQuery]:
+    """Queries for one clip's interactions (those entirely inside it), without repeats:
+    ``want`` of them (default: an Ego4D-like count), fewer when the clip runs out of
+    interactions whose key is unique in it. Every answer is unique in ``events``."""
+    want = queries_per_clip(rng) if want is None else want
+    try:
+        return _queries(events, rng, want)
+    finally:
+        _UNIQUE.clear()
+
+
+def _queries(events: list[Event], rng: np.random.Generator, want: int) -> list[SynthQuery]:
     out: list[SynthQuery] = []
     used: set[tuple[str, str]] = set()
     for _ in range(want * 10):

@@ -97,6 +97,21 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class CoarseConfig:
+    """The coarse stage of coarse-to-fine search (``gazenlq.training.coarse``): span
+    embeddings of ``span`` steps and query embeddings of ``dim`` values, trained beside
+    stage 2 by multi-positive InfoNCE at ``temperature`` (loss weight ``weight``); ``gaze``
+    feeds the gaze context into the span embeddings (gaze variants only)."""
+
+    enabled: bool = False
+    span: int = 16
+    dim: int = 128
+    gaze: bool = True
+    temperature: float = 0.05
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; saved as JSON beside every checkpoint."""
 
@@ -115,6 +130,8 @@ class TrainConfig:
     """'auto' (CUDA when present, else CPU), 'cpu', 'cuda' or 'cuda:N'; mixed precision on
     CUDA (gazenlq.training.device)."""
     freeze_estimator: bool = True
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    """Off by default (and in checkpoints from before it existed); on in the presets."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,6 +161,7 @@ PRESETS: dict[str, TrainConfig] = {
         estimator=GazeEstimatorConfig(in_dim=1536, grid=None),
         grounding=GroundingConfig(video_dim=2304, text_dim=384, hidden=384),
         stage2=OptimConfig(lr=2.5e-5, epochs=10, warmup_epochs=4, batch_size=8),
+        coarse=CoarseConfig(enabled=True),
     ),
     "small": TrainConfig(
         estimator=GazeEstimatorConfig(hidden=128, glu_layers=5, heads=4, embed_dim=128),
@@ -156,6 +174,7 @@ PRESETS: dict[str, TrainConfig] = {
         stage2=OptimConfig(lr=2e-3, weight_decay=0.05, epochs=4, warmup_epochs=1,
                            batch_size=8, ema_decay=0.99),
         train_max_len=256,
+        coarse=CoarseConfig(enabled=True),
     ),
 }
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from gazenlq.training.coarse import CoarseHeads
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.grounding import GroundingModel
@@ -14,7 +15,8 @@ from gazenlq.training.grounding import GroundingModel
 
 class GazeNLQ(nn.Module):
     """``grounding`` plus, for the gaze variants, the stage-1 ``estimator`` producing gaze
-    tokens. One state dict (``grounding.*``, ``estimator.*``) is one checkpoint."""
+    tokens, and the ``coarse`` heads of coarse-to-fine search when configured. One state
+    dict (``grounding.*``, ``estimator.*``, ``coarse.*``) is one checkpoint."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
@@ -25,6 +27,21 @@ class GazeNLQ(nn.Module):
             cfg.grounding, self.estimator.token_dim if self.estimator else None)
         if self.estimator is not None and cfg.freeze_estimator:
             self.estimator.requires_grad_(False)
+        self.coarse = None
+        if cfg.coarse.enabled:
+            # drawn from a forked RNG: the grounding model's initial weights, dropout and
+            # everything after stay exactly what they are without the coarse heads
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.stage2.seed + 0xC0A)
+                self.coarse = CoarseHeads(cfg.coarse, cfg.grounding.hidden,
+                                          cfg.grounding.text_dim, uses_gaze)
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters whose gradients are clipped together: the coarse heads on their own,
+        so that they never change the grounding model's updates."""
+        coarse = list(self.coarse.parameters()) if self.coarse is not None else []
+        ids = {id(p) for p in coarse}
+        return [g for g in ([p for p in self.parameters() if id(p) not in ids], coarse) if g]
 
     def train(self, mode: bool = True) -> GazeNLQ:
         super().train(mode)

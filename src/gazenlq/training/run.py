@@ -20,6 +20,7 @@ from gazenlq.store import FeatureStore, store_path
 from gazenlq.text import build_text_encoder, load_tokenizer
 from gazenlq.timegrid import TimeGrid
 from gazenlq.training import checkpoint, trainer
+from gazenlq.training.coarse import coarse_loss
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.data import (
     GazeWindows,
@@ -183,8 +184,13 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
     mask = batch["mask"][idx]
     out = model.grounding.ground(v[idx], None if g is None else g[idx], mask,
                                  batch["tokens"], batch["text_mask"], with_match=saliency)
-    return grounding_loss(*out[:3], batch["answers"], cfg, norm,
-                          match=out[3] if saliency else None, step_mask=mask)
+    losses = grounding_loss(*out[:3], batch["answers"], cfg, norm,
+                            match=out[3] if saliency else None, step_mask=mask)
+    if model.coarse is not None:  # on detached inputs: the grounding model is unaffected
+        losses["coarse"] = coarse_loss(model.coarse, v, g, batch["mask"], batch["tokens"],
+                                       batch["text_mask"], batch["answers"], idx)
+        losses["loss"] = losses["loss"] + model.cfg.coarse.weight * losses["coarse"]
+    return losses
 
 
 def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool, quiet: bool,

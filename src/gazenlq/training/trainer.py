@@ -100,7 +100,9 @@ def train_step(model: nn.Module, batch: Any,
     opt.zero_grad(set_to_none=True)
     amp.scaler.scale(losses["loss"]).backward()
     amp.scaler.unscale_(opt)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    groups = model.clip_groups() if hasattr(model, "clip_groups") else [model.parameters()]
+    for group in groups:
+        torch.nn.utils.clip_grad_norm_(group, clip_grad)
     amp.scaler.step(opt)
     amp.scaler.update()
     return losses

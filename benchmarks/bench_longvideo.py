@@ -1,0 +1,361 @@
+"""Coarse-to-fine search over long videos: accuracy of both modes on EgoSim's long-video
+split, latency against library hours (1, 10, 100), batched throughput, cold start, memory,
+and the index's size and build time.
+
+    python -m benchmarks.bench_longvideo [--runs RUNS] [--quick]
+
+RUNS is a ``gaze-train`` run directory holding ``gaze-s0`` and ``none-s0`` trained on
+EgoSim's default world (seed 0, small preset, with the coarse stage); without it both are
+trained here first (``gaze-synth`` + ``gaze-train --jobs 2``, about 30 minutes on 2 cores).
+The long-video split shares that world (same seed): ten 10-hour sessions with 100
+whole-session queries each (docs/synthetic-data.md, "Long videos"); the library is all ten
+(100 hours), the 10-hour session is the first, the 1-hour session its own. Writes
+benchmarks/results/longvideo.json, plots, and refreshes benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, Section, cpu_label, measure, search_child, write_result
+
+OUT = ROOT / "out" / "longvideo"
+MS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_M = 16
+def _run(*cmd: str) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _models(runs: Path | None) -> Path:
+    """Run directory with gaze-s0 and none-s0 (trained here when not given)."""
+    if runs is not None:
+        return runs
+    runs = OUT / "runs"
+    data = OUT / "egosim"
+    _run(_bin("gaze-synth"), str(data), "--seed", "0", "--quiet")
+    _run(_bin("gaze-train"), str(data), "--out", str(runs), "--variants", "none,gaze",
+         "--seeds", "0", "--jobs", "2", "--resume", "--quiet")
+    return runs
+
+
+def _long_split(hours: float, sessions: int, queries: int) -> Path:
+    """EgoSim sessions of ``hours`` with whole-session queries, all in the test split."""
+    from gazenlq.synth.config import EgoSimConfig
+    from gazenlq.synth.dataset import generate
+
+    cfg = EgoSimConfig(seed=0, sessions=sessions, session_hours=hours, gaze_fraction=0.0,
+                       split=(0.0, 0.0, 1.0), query_scope="session", session_queries=queries)
+    out = OUT / f"long-{hours:g}h-{sessions}-{cfg.fingerprint()}"
+    generate(cfg, out, jobs=2)
+    return out
+
+
+def _bundle(runs: Path, variant: str) -> Path:
+    from gazenlq.bundle.manifest import verify_bundle
+    from gazenlq.errors import GazeNLQError
+
+    bundle = OUT / "bundles" / variant
+    ckpt = runs / f"{variant}-s0" / "stage2" / "best"
+    try:
+        manifest = verify_bundle(bundle)
+        if manifest.source.get("weights_sha256") and manifest.coarse is not None:
+            from gazenlq.bundle.manifest import sha256_file
+
+            if manifest.source["weights_sha256"] == sha256_file(ckpt / "model.safetensors"):
+                return bundle
+    except GazeNLQError:
+        pass
+    _run(_bin("gaze-export"), str(ckpt), "-o", str(bundle), "--quiet")
+    return bundle
+
+
+def _subset(nlq: Path, videos: list[str], out: Path) -> Path:
+    """The annotation file restricted to ``videos``."""
+    doc = json.loads(nlq.read_text())
+    doc["videos"] = [v for v in doc["videos"] if v["video_uid"] in videos]
+    out.write_text(json.dumps(doc))
+    return out
+
+
+def _cache_bytes(stores: list[Path]) -> int:
+    return sum(p.stat().st_size for s in stores for p in (s / "cache").rglob("*")
+               if p.is_file())
+
+
+def _coarse_only(engine, table, stores: Path, top: int = 5) -> list:
+    """Submission entries of the coarse stage alone: each query's best spans as its
+    windows (clip seconds)."""
+    from gazenlq.engine import Timings
+    from gazenlq.engine.coarse import SpanIndex, StoreSpans
+    from gazenlq.nlq.submission import Entry
+    from gazenlq.store import store_path
+
+    entries = []
+    by_clip: dict[str, list] = {}
+    for q in table.with_text():
+        by_clip.setdefault(q.clip_uid, []).append(q)
+    span = engine.coarse["span"]
+    for qs in by_clip.values():
+        path = store_path(stores, qs[0].video_uid)
+        clip = engine._clip(path, qs[0])
+        plan = engine._plan(path, clip.first, clip.stop)
+        cached = engine._index(plan, Timings())
+        index = SpanIndex([StoreSpans(path, cached.coarse, np.array([a for a, _ in
+                                                                      plan.windows]),
+                                      np.array([b - a for a, b in plan.windows]))], span)
+        q_emb = engine.runtime.text([q.text for q in qs])[2]
+        top_rows = index.top(index.scores(q_emb), top * 4)
+        for q, rows in zip(qs, top_rows):
+            wins = []
+            for r in rows:
+                a = plan.windows[index.window[r]][0] + index.index[r] * span
+                seg = np.array([a, a + span], np.float64)
+                if any(abs(seg[0] - w[0]) < span / 2 for w in wins):
+                    continue  # the same span seen from an overlapping window
+                wins.append(seg)
+                if len(wins) == top:
+                    break
+            secs = clip.to_seconds(np.array(wins))
+            entries.append(Entry(q.clip_uid, q.annotation_uid, q.query_idx,
+                                 tuple((float(a), float(b)) for a, b in secs)))
+    return entries
+
+
+def _accuracy(bundle: Path, nlq: Path, stores: Path, variant: str, ms: tuple[int, ...],
+              rows: list, curve: list) -> None:
+    from gazenlq.engine import SearchEngine
+    from gazenlq.nlq.annotations import load_queries
+    from gazenlq.nlq.evaluation import evaluate
+
+    table = load_queries(nlq)
+    keys = ("R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "mIoU")
+
+    def score(entries) -> dict:
+        r = evaluate(entries, table)
+        out = {r.recall_name(k, t): v for (k, t), v in r.recall.items()}
+        return {**out, "mIoU": r.miou}
+
+    exhaustive = SearchEngine.from_bundle(bundle, mode="exhaustive")
+    t0 = time.perf_counter()
+    ref = score(exhaustive.answer_nlq(table, stores).entries)
+    rows.append([variant, "exhaustive", "-", *(round(ref[k], 2) for k in keys),
+                 "100 / 100", round(time.perf_counter() - t0, 1)])
+    engine = SearchEngine.from_bundle(bundle, mode="coarse")
+    alone = score(_coarse_only(engine, table, stores))
+    rows.append([variant, "coarse stage alone", "-", *(round(alone[k], 2) for k in keys),
+                 "-", "-"])
+    for m in ms:
+        engine = SearchEngine.from_bundle(bundle, mode="coarse", candidates=m)
+        t0 = time.perf_counter()
+        got = score(engine.answer_nlq(table, stores).entries)
+        keep = (f"{100 * got['R1@0.3'] / max(ref['R1@0.3'], 1e-9):.1f} / "
+                f"{100 * got['R5@0.3'] / max(ref['R5@0.3'], 1e-9):.1f}")
+        rows.append([variant, "coarse to fine", m, *(round(got[k], 2) for k in keys), keep,
+                     round(time.perf_counter() - t0, 1)])
+        curve.append({"variant": variant, "m": m, **got, "exhaustive": ref})
+
+
+def _latency(bundle: Path, targets: dict[str, Path], texts: list[str], quick: bool
+             ) -> tuple[Section, Section, list]:
+    from gazenlq.engine import SearchEngine
+
+    lat = Section("Warm latency per query (one process, index present, one query per call)",
+                  ["library", "hours", "mode", "p50 ms", "p10-p90 ms", "queries",
+                   "steps the fine model saw per query", "exhaustive / coarse"])
+    plot = []
+    coarse = SearchEngine.from_bundle(bundle, mode="coarse")
+    exhaustive = SearchEngine.from_bundle(bundle, mode="exhaustive")
+    for label, (target, hours) in targets.items():
+        coarse.index(target)
+        n = 10 if quick else 40
+        qs = iter(texts * 10)
+        t = measure(lambda t_=target, q_=qs: coarse.search(t_, next(q_)), repeat=n,
+                    warmup=2)
+        fine = coarse.search(target, texts[0]).timings.fine_steps
+        sample = 3 if hours >= 100 else (5 if hours >= 10 else 10)
+        qe = iter(texts * 10)
+        te = measure(lambda t_=target, q_=qe: exhaustive.search(t_, next(q_)),
+                     repeat=1 if quick else sample, warmup=0)
+        lat.rows.append([label, hours, "coarse to fine", round(t.median * 1e3, 1),
+                         f"{t.p10 * 1e3:.1f}-{t.p90 * 1e3:.1f}", t.runs, fine, "-"])
+        lat.rows.append([label, hours, "exhaustive", round(te.median * 1e3, 1),
+                         f"{te.p10 * 1e3:.1f}-{te.p90 * 1e3:.1f}", te.runs, "every window",
+                         round(te.median / t.median, 1)])
+        plot.append({"hours": hours, "coarse_s": t.median, "exhaustive_s": te.median})
+    hours = {r[1]: r[3] for r in lat.rows if r[2] == "coarse to fine"}
+    if 1 in hours and 100 in hours:
+        lat.notes = (f"Coarse to fine, p50 at 100 h / p50 at 1 h = {hours[100] / hours[1]:.2f}. "
+                     "Exhaustive at 100 h is timed on a sample of queries. Each search "
+                     "stats every store of the library (a new store is indexed and found "
+                     "by the next search).")
+    thr = Section("Batched queries (coarse to fine, one call, index present)",
+                  ["library", "queries per call", "seconds", "queries/s"])
+    target, _ = targets["10 h session"]
+    for batch in (64, 500):
+        qs = (texts * 10)[:batch]
+        t0 = time.perf_counter()
+        coarse.search(target, qs)
+        s = time.perf_counter() - t0
+        thr.rows.append(["10 h session", batch, round(s, 3), round(batch / s, 1)])
+    return lat, thr, plot
+
+
+def _plots(latency: list, curve: list) -> list[tuple[str, str]]:
+    from benchmarks.plots import PLOTS_DIR, _finish, _pyplot
+
+    plt = _pyplot()
+    if plt is None:
+        return []
+    label = f"small preset, ONNX Runtime CPU, {cpu_label()}"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    hours = [p["hours"] for p in latency]
+    ax.plot(hours, [p["coarse_s"] * 1e3 for p in latency], "o-", label="coarse to fine")
+    ax.plot(hours, [p["exhaustive_s"] * 1e3 for p in latency], "s--", label="exhaustive")
+    _finish(plt, fig, ax, "library hours", "ms per query (p50, warm)",
+            f"Search latency vs library size\n{label}", "longvideo_latency.png")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant in sorted({c["variant"] for c in curve}):
+        pts = [c for c in curve if c["variant"] == variant]
+        line = ax.plot([c["m"] for c in pts], [c["R5@0.3"] for c in pts], "o-",
+                       label=f"{variant}: R5@0.3")[0]
+        ax.axhline(pts[0]["exhaustive"]["R5@0.3"], ls="--", color=line.get_color(), lw=0.8)
+        ax.plot([c["m"] for c in pts], [c["R1@0.3"] for c in pts], "^:",
+                color=line.get_color(), label=f"{variant}: R1@0.3")
+        ax.axhline(pts[0]["exhaustive"]["R1@0.3"], ls=":", color=line.get_color(), lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("candidate spans per query (M)")
+    ax.set_ylabel("recall (%) on the 10-hour split")
+    ax.set_title(f"Coarse to fine vs M (dashed: exhaustive)\n{label}", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = PLOTS_DIR / "longvideo_accuracy_vs_m.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [("Latency against library hours, both modes", "plots/longvideo_latency.png"),
+            ("Accuracy against M on the 10-hour split", "plots/longvideo_accuracy_vs_m.png")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=Path, help="gaze-train run dir with gaze-s0 and none-s0")
+    ap.add_argument("--quick", action="store_true", help="2 sessions of 1 h: a smoke run")
+    args = ap.parse_args()
+    from gazenlq.store import find_stores
+
+    runs = _models(args.runs)
+    bundles = {v: _bundle(runs, v) for v in ("gaze", "none")}
+    if args.quick:
+        lib_dir, one_dir = _long_split(1.0, 2, 20), _long_split(0.5, 1, 10)
+    else:
+        lib_dir, one_dir = _long_split(10.0, 10, 100), _long_split(1.0, 1, 100)
+    library = find_stores(lib_dir / "stores")
+    lib_hours = round(sum(_store_hours(s) for s in library))
+    ten, one = library[0], find_stores(one_dir / "stores")[0]
+    nlq_all = lib_dir / "annotations" / "nlq_test.json"
+    from gazenlq.store import FeatureStore
+
+    accuracy_videos = [FeatureStore.open(s).info.video_uid for s in library[:5]]
+    nlq = _subset(nlq_all, accuracy_videos, OUT / "nlq_10h_accuracy.json")
+    texts = [q["query"] for v in json.loads(nlq.read_text())["videos"] for c in v["clips"]
+             for a in c["annotations"] for q in a["language_queries"]]
+
+    # the index: build time and size per hour of video (each bundle its own)
+    index = Section("The index (per-video caches: embeddings and coarse spans)",
+                    ["bundle", "library hours", "build s", "build s per hour",
+                     "bytes per hour", "of which coarse spans per hour"])
+    from gazenlq.engine import SearchEngine
+
+    for variant, bundle in bundles.items():
+        for s in [*library, one]:
+            shutil.rmtree(s / "cache", ignore_errors=True)
+        engine = SearchEngine.from_bundle(bundle, mode="coarse")
+        t0 = time.perf_counter()
+        engine.index(library)
+        build = time.perf_counter() - t0
+        size = _cache_bytes(library)
+        coarse_bytes = sum(p.stat().st_size for s in library
+                           for p in (s / "cache").rglob("coarse_emb.npy"))
+        index.rows.append([variant, lib_hours, round(build, 1), round(build / lib_hours, 2),
+                           f"{size / lib_hours / 1e6:.1f} MB",
+                           f"{coarse_bytes / lib_hours / 1e3:.0f} kB"])
+        engine.index(one)
+
+    # accuracy: both modes, both models, M swept
+    acc = Section("Accuracy on the 10-hour split (whole-session ground truth, official "
+                  "metrics)", ["model", "mode", "M", "R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5",
+                               "mIoU", "kept of exhaustive R1@0.3 / R5@0.3 (%)", "seconds"])
+    curve: list = []
+    for variant, bundle in bundles.items():
+        _accuracy(bundle, nlq, lib_dir / "stores", variant, (2, 8) if args.quick else MS,
+                  acc.rows, curve)
+    n_queries = len(texts)
+    acc.notes = (f"{len(accuracy_videos)} sessions of the long split, {n_queries} queries, "
+                 "each answered over its whole session. 'coarse stage alone': each query's "
+                 "best spans (span length) as its windows, no fine model.")
+
+    # latency, throughput
+    targets = {"1 h session": (one, 1), "10 h session": (ten, 10),
+               f"{lib_hours} h library": (lib_dir / "stores", lib_hours)}
+    lat, thr, lat_plot = _latency(bundles["gaze"], targets, texts, args.quick)
+
+    # cold start and memory: fresh processes (GazeNLQ bundle, index present)
+    cold = Section("Cold start: new process to first printed answer (index present)",
+                   ["target", "median s", "min-max s", "of which imports s",
+                    "engine load s", "search s"])
+    mem = Section("Peak memory of one coarse-to-fine search in a fresh process (VmHWM)",
+                  ["target", "hours", "MiB"])
+    peaks = {}
+    for label, (target, hours) in targets.items():
+        args_ = [str(target), texts[0], "--bundle", str(bundles["gaze"]), "--mode", "coarse",
+                 "--quiet", "--json", "--explain"]
+        runs_ = [search_child(args_) for _ in range(3)]
+        walls = [w for _, _, w in runs_]
+        report, stdout, _ = runs_[len(runs_) // 2]
+        doc = {**report, **json.loads(stdout)}
+        peaks[hours] = statistics.median(r["peak_kib"] for r, _, _ in runs_) / 1024
+        mem.rows.append([label, hours, round(peaks[hours], 1)])
+        if label != f"{lib_hours} h library":
+            cold.rows.append([label, round(statistics.median(walls), 3),
+                              f"{min(walls):.3f}-{max(walls):.3f}", round(doc["import"], 3),
+                              round(doc["timings"]["load"], 3),
+                              round(doc["timings"]["total"] - doc["timings"]["load"], 3)])
+    if 1 in peaks and lib_hours in peaks:
+        mem.notes = (f"{lib_hours} h / 1 h peak = {peaks[lib_hours] / peaks[1]:.2f}: the "
+                     "library's span matrix is in memory, the embeddings are memory-mapped "
+                     "and only the candidates' regions are read.")
+    cold.notes = ("Wall time of `python -c 'gazenlq.cli.search.main(...)'`: the interpreter, "
+                  "imports, bundle verification (sha256 of every file), ONNX Runtime "
+                  "sessions, Numba kernel loading, the search and printing.")
+    plots = _plots(lat_plot, curve)
+    write_result("longvideo", "Long videos: coarse-to-fine search (EgoSim long-video split)",
+                 [index, acc, lat, thr, cold, mem], plots=plots,
+                 summary={"latency": lat_plot, "accuracy_vs_m": curve,
+                          "library_hours": lib_hours, "queries": n_queries},
+                 command="python -m benchmarks.bench_longvideo" + (
+                     f" --runs {args.runs}" if args.runs else "")
+                 + (" --quick" if args.quick else ""))
+
+
+def _store_hours(path: Path) -> float:
+    from gazenlq.store import FeatureStore
+
+    return FeatureStore.open(path).info.duration_s / 3600
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""How a search runs (``SearchOptions``): window plan, batching, caching, and the mode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("auto", "coarse", "exhaustive")
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """How a search runs: window plan, batching, result count, caching."""
+
+    top_k: int = 5
+    window: int | None = None
+    """Steps per model window (a multiple of the bundle's length multiple); default: the
+    bundle's max length."""
+    overlap: int = 256
+    batch: int = 32
+    """Rows (window x query pairs) per call of the per-query graph, at most."""
+    fuse_steps: int = 8192
+    """Rows x window steps per call of the per-query graph, at most: bounds memory whatever
+    the video's length (3 full-length windows, or more shorter ones)."""
+    use_cache: bool = True
+    write_cache: bool = True
+    prefetch: int = 2
+    mode: str = "auto"
+    """``coarse`` (coarse to fine: the fine model only on the best spans' regions),
+    ``exhaustive`` (every window; the reference) or ``auto``: coarse wherever the bundle
+    has a coarse stage and the searched steps exceed one window."""
+    candidates: int = 16
+    """Coarse to fine: spans per query whose regions the fine model grounds in (M)."""
+    context: int = 64
+    """Coarse to fine: steps of context either side of a span in its region."""
