@@ -53,13 +53,6 @@ class CachedEmbeddings:
         self.gaze = self.arrays.get("gaze_emb")
         self.coarse = self.arrays.get("coarse_emb")
 
-    def window(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.video[i], None if self.gaze is None else self.gaze[i]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays.values())
-
 
 def load(store: Path, key: str) -> CachedEmbeddings | None:
     """The cache ``key`` of ``store`` if it was published completely, else None."""

@@ -63,10 +63,6 @@ class SpanIndex:
     def __len__(self) -> int:
         return len(self.emb)
 
-    @property
-    def nbytes(self) -> int:
-        return self.emb.nbytes + self.store.nbytes + self.window.nbytes + self.index.nbytes
-
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """``[Q, N]`` inner products of the queries' embeddings with every span."""
         return np.asarray(queries, np.float32) @ self.emb.T

@@ -148,7 +148,7 @@ class SearchEngine:
         self.strides = list(m.strides)
         self.post = m.postprocess
         self.coarse = m.coarse
-        self._library: dict[tuple, object] = {}  # the last library's span index
+        self._library: tuple[tuple, object] | None = None  # the last library's span index
         self._plans: dict[tuple, tuple] = {}
         self._caches: dict[tuple, vcache.CachedEmbeddings] = {}
 
@@ -282,12 +282,8 @@ class SearchEngine:
                 timeline: bool, on_plan: Callable[[], object] | None = None) -> list[_Scan]:
         """One scan per plan, coarse to fine or exhaustive."""
         if self._coarse_for(plans):
-            for plan in plans:
-                self._index(plan, timings)
-                if on_plan is not None:
-                    on_plan()
             return self._coarse(plans, text.tokens, text.mask, text.query_emb, timings,
-                                top_k=top_k, timeline=timeline)
+                                top_k=top_k, timeline=timeline, on_plan=on_plan)
         scans = []
         for plan in plans:
             scans.append(self._scan(plan, text.tokens, text.mask, timings, top_k=top_k,
@@ -455,7 +451,8 @@ class SearchEngine:
 
     def _coarse(self, plans: list[_Plan], tokens: np.ndarray, text_mask: np.ndarray,
                 query_emb: np.ndarray, timings: Timings, *, top_k: int,
-                timeline: bool = False) -> list[_Scan]:
+                timeline: bool = False, on_plan: Callable[[], object] | None = None
+                ) -> list[_Scan]:
         """Search ``plans`` (one store range each) for every query, coarse to fine: the
         library's span scores pick each query's ``candidates`` best spans, and the ground
         graph runs only on their regions. One scan per plan, as :meth:`_scan` returns."""
@@ -463,14 +460,20 @@ class SearchEngine:
 
         t = timings
         q = len(tokens)
-        indexes = [self._index(p, t) for p in plans]
+        indexes = []
+        for plan in plans:
+            indexes.append(self._index(plan, t))
+            if on_plan is not None:
+                on_plan()
         t0 = time.perf_counter()
-        library = self._library.get(tuple(p.key for p in plans) + tuple(map(str, plans)))
-        if library is None:
+        key = tuple((p.path, p.key) for p in plans)
+        if self._library is not None and self._library[0] == key:
+            library = self._library[1]
+        else:
             library = SpanIndex([StoreSpans(p.path, c.coarse, np.array(
                 [a for a, _ in p.windows]), np.array([b - a for a, b in p.windows]))
                 for p, c in zip(plans, indexes)], self.coarse["span"])
-            self._library = {tuple(p.key for p in plans) + tuple(map(str, plans)): library}
+            self._library = (key, library)
         top = library.top(library.scores(query_emb), self.options.candidates)
         t.coarse += time.perf_counter() - t0
         by_plan: dict[int, list[_Row]] = defaultdict(list)
