@@ -40,7 +40,9 @@ GROUND = GraphSpec("ground", "ground.onnx", "fp32", (
     TensorSpec("mask", "bool", ("batch", "length")),
     TensorSpec("tokens", "float32", ("batch", "text_length", 4)),
     TensorSpec("text_mask", "bool", ("batch", "text_length")),
-), (TensorSpec("logits", "float32", ("batch", "points")),))
+), (TensorSpec("logits", "float32", ("batch", "points")),
+      TensorSpec("distances", "float32", ("batch", "points", 2)),
+      TensorSpec("point_mask", "bool", ("batch", "points"))))
 
 
 @pytest.fixture

@@ -174,7 +174,7 @@ def test_schema_errors_are_one_line_with_file_and_path(tmp_path, mutate, message
 @pytest.mark.parametrize(("content", "message"), [
     (None, "no such file"),
     ('{"videos": [', "not valid JSON: Expecting value: line 1 column 13"),
-    (b"\xff\xfe{}", "not valid JSON: not UTF-8 text"),
+    (b"\xff\xfe{}", "not UTF-8 text \\(byte 0xff at offset 0\\)"),
 ])
 def test_unreadable_files(tmp_path, content, message):
     path = tmp_path / "nlq.json"

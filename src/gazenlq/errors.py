@@ -1,6 +1,9 @@
-"""User-facing errors: each one is printed by the CLI as one line, exit code 2."""
+"""User-facing errors: each one is printed by the CLI as one line, exit code 2; warnings,
+printed as one line each, for what does not stop the work."""
 
 from __future__ import annotations
+
+import warnings
 
 
 class GazeNLQError(Exception):
@@ -26,3 +29,13 @@ class ParameterError(GazeNLQError):
     def __init__(self, param: str, value: object, expected: str) -> None:
         self.param, self.value, self.expected = param, value, expected
         super().__init__(f"{param}={value!r}: {expected}")
+
+
+class GazeNLQWarning(UserWarning):
+    """Something the user should know that does not stop the work (a damaged cache repaired,
+    a read-only store searched without writing its index); the CLI prints it as one line."""
+
+
+def warn(message: str) -> None:
+    """One warning line (the CLI prints ``warning: message`` on stderr)."""
+    warnings.warn(" ".join(message.split()), GazeNLQWarning, stacklevel=3)

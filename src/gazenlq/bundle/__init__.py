@@ -11,6 +11,7 @@ from gazenlq.bundle.manifest import (
     GraphSpec,
     Manifest,
     TensorSpec,
+    bundle_file,
     read_manifest,
     verify_bundle,
 )
@@ -18,5 +19,5 @@ from gazenlq.bundle.postprocess import Method, PostprocessConfig
 from gazenlq.bundle.shapes import level_sizes, pad_to
 
 __all__ = ["MANIFEST", "BundleError", "FileEntry", "GraphSpec", "Manifest", "Method",
-           "PostprocessConfig", "TensorSpec", "level_sizes", "pad_to", "read_manifest",
-           "verify_bundle"]
+           "PostprocessConfig", "TensorSpec", "bundle_file", "level_sizes", "pad_to",
+           "read_manifest", "verify_bundle"]

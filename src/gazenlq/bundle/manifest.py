@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from gazenlq.bundle.hashes import HashMemo, sha256_file
@@ -32,8 +32,45 @@ AXES = {
 }
 
 
+REQUIRED_IO = {
+    "text": (("input_ids", "attention_mask"), ("features",)),
+    "video": (("video", "mask"), ("video_emb",)),
+    "ground": (("video_emb", "mask", "tokens", "text_mask"),
+               ("logits", "distances", "point_mask")),
+}
+"""Inputs and outputs the engine feeds and reads by name, per graph (gaze and coarse names
+are optional: the variant and the coarse stage decide)."""
+
+
 class BundleError(GazeNLQError):
     """A bundle is missing, incomplete, modified or from an unknown format version."""
+
+
+def bundle_file(bundle_dir: str | Path, name: object) -> Path:
+    """The path of the file ``name`` (as a manifest writes it: relative, ``/``-separated)
+    inside ``bundle_dir``; refused unless it stays inside: no absolute path or drive, no
+    ``..``, no empty or ``.`` component, no backslash or NUL, and no symlink (of the file or
+    of a directory on the way) leading out of the bundle. Every file a bundle reader opens
+    goes through here."""
+    root = Path(bundle_dir)
+    where = f"{root / MANIFEST}: file name {name!r}"
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{where} is not a relative path inside the bundle")
+    if "\\" in name or "\0" in name or PureWindowsPath(name).drive or name.startswith("/"):
+        raise BundleError(f"{where} is not a relative path inside the bundle")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise BundleError(f"{where} must not hold '..', '.' or empty components")
+    inside = root.resolve()
+    path = inside.joinpath(*PurePosixPath(name).parts)
+    try:
+        path.resolve().relative_to(inside)
+    except ValueError:
+        raise BundleError(f"{where} leads out of the bundle (symlink to "
+                          f"{path.resolve()})") from None
+    except OSError as exc:  # a symlink loop
+        raise BundleError(f"{where}: cannot be resolved ({exc.strerror})") from None
+    return root / name
 
 
 @dataclass(frozen=True)
@@ -117,6 +154,11 @@ class Manifest:
             raise BundleError(f"the bundle has no {precision} {name} graph (it has: {have})"
                               + hint) from None
 
+    @property
+    def tokenizer(self) -> str:
+        """The tokenizer's file name in the bundle."""
+        return str(self.text.get("tokenizer", "tokenizer.json"))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["postprocess"] = self.postprocess.to_dict()
@@ -165,18 +207,32 @@ def read_manifest(bundle_dir: str | Path) -> Manifest:
 
 
 def verify_bundle(bundle_dir: str | Path) -> Manifest:
-    """Read the manifest and check that every listed file is present with its sha256 (a
-    file unchanged since this user last hashed it is not read again: ``bundle.hashes``)."""
+    """Read the manifest and check it against the bundle: every file it names (graphs,
+    tokenizer, anything listed) lies inside the bundle (:func:`bundle_file`), the graphs and
+    the tokenizer are listed with a sha256, every graph declares the I/O the engine uses, and
+    every listed file is present with its size and sha256 (a file unchanged since this user
+    last hashed it is not read again: ``bundle.hashes``)."""
     bundle_dir = Path(bundle_dir)
     manifest = read_manifest(bundle_dir)
+    where = bundle_dir / MANIFEST
+    paths = {name: bundle_file(bundle_dir, name) for name in manifest.files}
+    used = [manifest.tokenizer, *(s.file for gs in manifest.graphs.values() for s in gs.values())]
+    for name in used:
+        bundle_file(bundle_dir, name)
+        if name not in manifest.files:
+            raise BundleError(f"{where}: file {name} has no sha256 entry; re-export the bundle")
     for graphs in manifest.graphs.values():
-        for spec in graphs.values():
-            if spec.file not in manifest.files:
-                raise BundleError(f"{bundle_dir / MANIFEST}: graph file {spec.file} has no "
-                                  "sha256 entry")
+        for key, spec in graphs.items():
+            inputs, outputs = REQUIRED_IO.get(key, ((), ()))
+            have = ({t.name for t in spec.inputs}, {t.name for t in spec.outputs})
+            for kind, want, got in (("input", inputs, have[0]), ("output", outputs, have[1])):
+                missing = [n for n in want if n not in got]
+                if missing:
+                    raise BundleError(f"{where}: graph {spec.file} declares no {kind} "
+                                      f"{missing[0]!r} (it has {', '.join(sorted(got))})")
     memo = HashMemo()
     for name, entry in manifest.files.items():
-        path = bundle_dir / name
+        path = paths[name]
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in {MANIFEST}); re-export the bundle")
         if path.stat().st_size != entry.bytes or memo.sha256(path) != entry.sha256:

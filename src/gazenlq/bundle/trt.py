@@ -17,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from gazenlq.bundle.manifest import GraphSpec
+from gazenlq.bundle.manifest import GraphSpec, bundle_file
 from gazenlq.errors import GazeNLQError, MissingDependencyError
 
 ENGINE_DIR = "tensorrt"
@@ -27,8 +27,9 @@ ShapeRange = dict[str, list[int]]  # min / opt / max -> shape
 
 
 def engine_path(bundle: Path, graph: str) -> Path:
-    """Where the engine of ``graph`` (text, video, ground) lives in ``bundle``."""
-    return Path(bundle) / ENGINE_DIR / f"{graph}.engine"
+    """Where the engine of ``graph`` (text, video, ground) lives in ``bundle`` (inside it:
+    a ``tensorrt`` symlink leading out is refused)."""
+    return bundle_file(bundle, f"{ENGINE_DIR}/{graph}.engine")
 
 
 class EngineMismatchError(GazeNLQError):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterable, Sequence
 
 import typer
 
-from gazenlq.errors import GazeNLQError, ParameterError
+from gazenlq.errors import GazeNLQError, GazeNLQWarning, ParameterError
 
 try:  # typer >= 0.24 vendors its own click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
@@ -45,6 +47,31 @@ def make_app(help: str) -> typer.Typer:
                        pretty_exceptions_enable=False, rich_markup_mode=None)
 
 
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """gazenlq's warnings as one ``warning: ...`` line on stderr; others as Python shows
+    them."""
+    if issubclass(category, GazeNLQWarning):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
+
+
+_python_show_warning = warnings.showwarning
+
+
+def os_error_line(exc: OSError) -> str:
+    """``PATH: what went wrong`` for an operating-system error (ENOSPC: disk full)."""
+    where = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what += " (disk full or file size limit; nothing was left half-written)"
+    return f"{where}: {what}"
+
+
 def fail(message: str) -> None:
     """Print ``error: message`` as one line on stderr and exit 2."""
     print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
@@ -61,6 +88,7 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
     pending!" under the one-line error. Those internals are muted here (asyncio logs only
     critical messages)."""
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
@@ -68,8 +96,9 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
     except NoArgsIsHelpError as exc:
         print(exc.format_message(), file=sys.stderr)
         raise SystemExit(2) from None
-    except typer.Abort:
-        fail("interrupted")
+    except (typer.Abort, KeyboardInterrupt):
+        print("interrupted; run again to resume", file=sys.stderr)
+        raise SystemExit(INTERRUPTED) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
     except ClickException as exc:
@@ -78,10 +107,10 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
         fail(flag_for(exc, flags))
     except GazeNLQError as exc:
         fail(str(exc))
-    except KeyboardInterrupt:
-        fail("interrupted")
     except BrokenPipeError:
         raise SystemExit(0) from None
+    except OSError as exc:  # a full disk, a read-only or vanished directory: name the path
+        fail(os_error_line(exc))
     if isinstance(rv, int) and rv:
         raise SystemExit(rv)
 

@@ -67,6 +67,9 @@ def search(
                                             "whose regions are grounded (M).")] = 16,
     cache: Annotated[bool, typer.Option(help="Read and write the per-video caches in the "
                                         "stores (--no-cache: neither).")] = True,
+    cache_dir: Annotated[Path | None, typer.Option(
+        envvar="GAZENLQ_CACHE_DIR", help="Keep the per-video caches here instead of inside "
+        "the stores (for stores on read-only mounts).")] = None,
     plot: Annotated[Path | None, typer.Option(help="PNG of the first query's score timeline "
                                               "with the moments found.")] = None,
     explain: Annotated[bool, typer.Option(help="Print the time spent per stage.")] = False,
@@ -86,12 +89,13 @@ def search(
     if queries_file is not None:
         if not queries_file.is_file():
             fail(f"{queries_file}: no such query file")
-        if queries_file.suffix == ".json":
-            from gazenlq.nlq.annotations import load_queries
+        from gazenlq.nlq.annotations import read_query_file
 
-            nlq = load_queries(queries_file)
+        read = read_query_file(queries_file)
+        if isinstance(read, list):
+            texts += read
         else:
-            texts += [ln.strip() for ln in queries_file.read_text().splitlines() if ln.strip()]
+            nlq = read
     if not texts and nlq is None and not index:
         fail("no query: give QUERY arguments, --queries FILE or --index")
     if submission is not None and nlq is None:
@@ -101,7 +105,9 @@ def search(
                                                  threads),
                           SearchOptions(top_k=top_k, window=window, overlap=overlap,
                                         batch=batch, use_cache=cache, write_cache=cache,
-                                        mode=mode.value, candidates=candidates))
+                                        mode=mode.value, candidates=candidates,
+                                        cache_dir=None if cache_dir is None
+                                        else str(cache_dir)))
     load_s = time.perf_counter() - t_start
     if index:
         bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing",

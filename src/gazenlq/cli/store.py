@@ -63,13 +63,19 @@ def validate(
     paths: Annotated[list[Path], typer.Argument(help="Stores to check.")],
     shallow: Annotated[bool, typer.Option(help="Metadata only; skip reading every chunk.")]
     = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        envvar="GAZENLQ_CACHE_DIR", help="Where gaze-search keeps the indexes, if not in "
+        "the stores.")] = None,
 ) -> None:
-    """Check stores (metadata, then every chunk); the first problem is one line, exit 2."""
+    """Check stores (metadata, then every chunk) and their search indexes (every array's size
+    and sha256 against its record); the first problem is one line, exit 2."""
+    from gazenlq.engine.cache import check_caches
     from gazenlq.store import validate_store
 
     for p in paths:
         info_ = validate_store(p, deep=not shallow)
-        print(f"ok  {p}  ({info_.num_steps} steps)")
+        caches = check_caches(p, cache_dir)
+        print(f"ok  {p}  ({info_.num_steps} steps, {caches} index(es) verified)")
 
 
 def main(argv: list[str] | None = None) -> None:

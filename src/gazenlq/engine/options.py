@@ -23,6 +23,9 @@ class SearchOptions:
     the video's length (3 full-length windows, or more shorter ones)."""
     use_cache: bool = True
     write_cache: bool = True
+    cache_dir: str | None = None
+    """Where the per-video caches live (default: ``$GAZENLQ_CACHE_DIR``, else inside each
+    store); for libraries on read-only mounts."""
     prefetch: int = 2
     mode: str = "auto"
     """``coarse`` (coarse to fine: the fine model only on the best spans' regions),

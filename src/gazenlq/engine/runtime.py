@@ -13,7 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gazenlq.bundle.manifest import PRECISIONS, Manifest, verify_bundle
+from gazenlq.bundle.manifest import (
+    MANIFEST,
+    PRECISIONS,
+    BundleError,
+    Manifest,
+    bundle_file,
+    verify_bundle,
+)
 from gazenlq.errors import GazeNLQError, MissingDependencyError, ParameterError
 from gazenlq.text.tokenizer import QueryTokenizer
 
@@ -58,7 +65,7 @@ class Runtime:
                                  f"expected {', '.join(PRECISIONS)}")
         self.precision = options.precision
         tok = self.manifest.text
-        self.tokenizer = QueryTokenizer(self.path / tok.get("tokenizer", "tokenizer.json"),
+        self.tokenizer = QueryTokenizer(bundle_file(self.path, self.manifest.tokenizer),
                                         int(tok.get("max_tokens", 32)))
         self.uses_gaze = self.manifest.uses_gaze
         if options.device == "trt-native":
@@ -80,14 +87,29 @@ class Runtime:
         so.intra_op_num_threads = options.threads or os.cpu_count() or 1
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._make = lambda name: ort.InferenceSession(
-            str(self.path / self.manifest.graph(name, options.precision).file), so,
-            providers=providers)
+        self._make = lambda name: self._session(ort, name, so, providers)
         # the video graph loads on first use: a search served by caches never needs it; the
         # other two load at once (ONNX Runtime builds sessions without holding the GIL)
         with ThreadPoolExecutor(2, thread_name_prefix="gazenlq-session") as pool:
             made = {name: pool.submit(self._make, name) for name in ("text", "ground")}
             self.sessions = {name: future.result() for name, future in made.items()}
+
+    def _session(self, ort, name: str, so, providers: list[str]):
+        """The session of graph ``name``; its I/O names must be the manifest's."""
+        spec = self.manifest.graph(name, self.precision)
+        path = bundle_file(self.path, spec.file)
+        try:
+            session = ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"{path}: onnxruntime cannot load it "
+                              f"({' '.join(str(exc).split())[:200]})") from None
+        for kind, got, want in (("inputs", session.get_inputs(), spec.inputs),
+                                ("outputs", session.get_outputs(), spec.outputs)):
+            names, expected = [t.name for t in got], [t.name for t in want]
+            if sorted(names) != sorted(expected):
+                raise BundleError(f"{path}: graph {kind} {', '.join(names)} differ from "
+                                  f"{MANIFEST}'s {', '.join(expected)}; re-export the bundle")
+        return session
 
     def _trt_precision(self) -> str:
         """Engines record the graph they were built from; its I/O is that graph's."""
@@ -100,7 +122,8 @@ class Runtime:
         dtypes = {t.name: np.dtype(t.dtype) for t in spec.inputs}
         feeds = {k: np.ascontiguousarray(v, dtype=dtypes[k]) for k, v in feeds.items()}
         session = self.sessions[name]
-        outs = session.run(feeds) if hasattr(session, "engine") else session.run(None, feeds)
+        outs = session.run(feeds) if hasattr(session, "engine") else session.run(
+            [t.name for t in spec.outputs], feeds)
         return [o.astype(np.float32) if o.dtype == np.float16 else o for o in outs]
 
     def _named(self, name: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

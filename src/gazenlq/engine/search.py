@@ -34,7 +34,7 @@ from gazenlq.engine.results import (
     Timings,
 )
 from gazenlq.engine.runtime import Runtime, RuntimeOptions
-from gazenlq.errors import ParameterError, StoreError
+from gazenlq.errors import ParameterError, StoreError, warn
 from gazenlq.nlq.annotations import Query, QueryTable, load_queries
 from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore, find_stores, plan_windows, store_path
@@ -64,6 +64,8 @@ class _Plan:
     overlap: int
     windows: list[tuple[int, int]]
     key: str
+    cache: Path
+    """Where the store's caches live (``cache.cache_root``)."""
 
     def __str__(self) -> str:
         return f"{self.path}[{self.start}:{self.stop}]"
@@ -276,6 +278,8 @@ class SearchEngine:
         mode = self.options.mode
         if mode == "exhaustive" or self.coarse is None or not self.options.use_cache:
             return False
+        if mode == "auto" and not all(vcache.can_index(p.cache, p.key) for p in plans):
+            return False  # no index can be kept (read-only): every window, as --no-cache
         return mode == "coarse" or sum(len(p.windows) for p in plans) > 1
 
     def _search(self, plans: list[_Plan], text: _Text, timings: Timings, *, top_k: int,
@@ -294,9 +298,22 @@ class SearchEngine:
 
     @staticmethod
     def _clip(path: Path, query: Query) -> ClipSpan:
-        """The steps of ``query``'s clip in its store."""
+        """The steps of ``query``'s clip in its store: a clip outside the store's steps is
+        an error, one partly outside a warning (only the covered part is searched)."""
         store = FeatureStore.open(path)
-        return store.info.grid.clip(*query.clip_window, store.num_steps)
+        grid = store.info.grid
+        span = grid.clip(*query.clip_window, store.num_steps)
+        want = grid.clip_slice(*query.clip_window)
+        where = (f"{path}: clip {query.clip_uid} [{span.start_s:g}, {span.end_s:g}] s")
+        if span.length <= 0:
+            raise StoreError(f"{where} lies outside the store's {store.num_steps} steps "
+                             f"({grid.to_seconds(store.num_steps):g} s); is it the store of "
+                             f"video {query.video_uid}?")
+        if span.first > max(want.start, 0) or span.stop < want.stop:
+            warn(f"{where} is only partly inside the store's {store.num_steps} steps "
+                 f"({grid.to_seconds(store.num_steps):g} s); searching steps "
+                 f"{span.first}-{span.stop} of {want.start}-{want.stop}")
+        return span
 
     def _check_store(self, store: FeatureStore) -> None:
         dims = self.manifest.dims
@@ -338,13 +355,14 @@ class SearchEngine:
             "video", self.runtime.precision).file].sha256, self.runtime.precision,
             length, self.options.overlap, start, stop, self._output_shapes(length))
         return _Plan(Path(store_path), store, start, stop, length, overlap,
-                     plan_windows(n, length, overlap), key)
+                     plan_windows(n, length, overlap), key,
+                     vcache.cache_root(Path(store_path), self.options.cache_dir))
 
     def _outputs(self, plan: _Plan, timings: Timings):
         """Yield ``(window, start, valid, outputs)`` for every window of ``plan``: from the
         cache, or from the per-video graph (read-ahead features), writing the cache."""
         t = timings
-        cached = vcache.load(plan.path, plan.key) if self.options.use_cache else None
+        cached = vcache.load(plan.cache, plan.key) if self.options.use_cache else None
         if cached is not None:
             for i, (ws, we) in enumerate(plan.windows):
                 t0 = time.perf_counter()
@@ -356,7 +374,7 @@ class SearchEngine:
             return
         writer = None
         if self.options.write_cache:
-            writer = vcache.CacheWriter(plan.path, plan.key, len(plan.windows),
+            writer = vcache.open_writer(plan.cache, plan.key, len(plan.windows),
                                         self._output_shapes(plan.length), {
                                             "length": plan.length,
                                             "overlap": self.options.overlap,
@@ -412,16 +430,17 @@ class SearchEngine:
         """The published cache of ``plan``, built first when missing (kept open: a cache's
         key names its content, so a published one never changes)."""
         cached = self._caches.get((plan.path, plan.key))
-        if cached is not None and cached.path.is_dir():
+        if cached is not None and cached.intact():
             return cached
-        cached = vcache.load(plan.path, plan.key)
+        cached = vcache.load(plan.cache, plan.key)
         if cached is None:
             for _ in self._outputs(plan, timings):
                 pass
-            cached = vcache.load(plan.path, plan.key)
+            cached = vcache.load(plan.cache, plan.key)
         if cached is None:
-            raise StoreError(f"{plan.path}: the index could not be written (read-only?); "
-                             "search it with mode='exhaustive'")
+            raise StoreError(f"{plan.cache}: the index could not be written (read-only or "
+                             "full?); give a cache_dir (--cache-dir) or search it with "
+                             "mode='exhaustive'")
         self._caches[(plan.path, plan.key)] = cached
         return cached
 

@@ -24,6 +24,7 @@ from gazenlq.bundle.manifest import (
     BundleError,
     GraphSpec,
     Manifest,
+    bundle_file,
     file_entry,
     sha256_file,
     verify_bundle,
@@ -239,11 +240,15 @@ def check_bundle(bundle: Path, checkpoint: Path | None = None, *,
     checks = [f"{len(manifest.files)} files: sha256 as in {MANIFEST}"]
     for graphs in manifest.graphs.values():
         for spec in graphs.values():
-            model = onnx.load(str(bundle / spec.file), load_external_data=False)
+            path = bundle_file(bundle, spec.file)
+            try:
+                model = onnx.load(str(path), load_external_data=False)
+            except Exception as exc:  # onnx raises DecodeError and friends
+                raise BundleError(f"{path}: not a readable ONNX graph "
+                                  f"({type(exc).__name__})") from None
             problems = io_problems(model, spec.inputs, spec.outputs)
             if problems:
-                raise BundleError(f"{bundle / spec.file}: I/O differs from {MANIFEST}: "
-                                  f"{problems[0]}")
+                raise BundleError(f"{path}: I/O differs from {MANIFEST}: {problems[0]}")
             checks.append(f"{spec.file}: I/O and named dynamic axes as in {MANIFEST}")
     report = Report(bundle)
     if checkpoint is not None:
@@ -257,7 +262,7 @@ def check_bundle(bundle: Path, checkpoint: Path | None = None, *,
                               f"{manifest.time_grid}; check the checkpoint the bundle was "
                               "exported from")
         encoder, _ = _text(model)
-        tokenizer = QueryTokenizer(bundle / manifest.text["tokenizer"],
+        tokenizer = QueryTokenizer(bundle_file(bundle, manifest.tokenizer),
                                    int(manifest.text["max_tokens"]))
         log("validating against PyTorch (onnxruntime, ORT_ENABLE_BASIC)")
         files = {p: {n: s.file for n, s in gs.items()} for p, gs in manifest.graphs.items()}

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
 from gazenlq.atomic import write_json_atomic
@@ -150,19 +151,55 @@ class JsonChecker:
         return float(s), float(e)
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a JSON file; a missing, unreadable or malformed file is a one-line error."""
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A text file as str: UTF-8, a byte-order mark dropped; a missing or unreadable file or
+    bytes that are not UTF-8 are a one-line error naming the file and the offset."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise AnnotationError(f"{path}: no such file") from None
-    except json.JSONDecodeError as exc:
-        raise AnnotationError(f"{path}: not valid JSON: {exc}") from None
-    except UnicodeDecodeError:
-        raise AnnotationError(f"{path}: not valid JSON: not UTF-8 text") from None
     except OSError as exc:
         raise AnnotationError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset "
+                              f"{exc.start}); save it as UTF-8") from None
+
+
+def parse_json(text: str, path: str | os.PathLike[str]) -> Any:
+    """Parse JSON text read from ``path``; JSON Lines (one object per line, the layout some
+    NLQ codebases reformat annotations into) is refused by name, not misread."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and _json_lines(text):
+            raise AnnotationError(f"{path}: JSON Lines (one object per line), not an Ego4D NLQ "
+                                  "JSON file ({'videos': [...]}); give the official "
+                                  "annotation file") from None
+        raise AnnotationError(f"{path}: not valid JSON: {exc}") from None
+
+
+def _json_lines(text: str) -> bool:
+    try:
+        return all(isinstance(json.loads(line), dict) for line in text.splitlines()
+                   if line.strip())
+    except json.JSONDecodeError:
+        return False
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    """Parse a JSON file; a missing, unreadable or malformed file is a one-line error."""
+    return parse_json(read_text(path), path)
+
+
+def read_query_file(path: str | os.PathLike[str]) -> QueryTable | list[str]:
+    """A query file, recognised by its content (not its name): an Ego4D NLQ JSON file as a
+    :class:`QueryTable`, else plain text as its non-empty lines, one question each."""
+    text = read_text(path)
+    if text.lstrip()[:1] in ("{", "["):
+        return parse_queries(parse_json(text, path), source=str(path))
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def load_queries(path: str | os.PathLike[str]) -> QueryTable:

@@ -44,8 +44,11 @@ def to_submission_json(entries: Iterable[Entry]) -> dict[str, Any]:
 
 
 def write_submission(path: str | os.PathLike[str], entries: Iterable[Entry]) -> None:
-    """Write a submission file atomically (temporary file + ``os.replace``)."""
-    write_json_atomic(path, to_submission_json(entries))
+    """Write a submission file atomically (temporary file + ``os.replace``), checked first
+    by the rules reading applies: a file ``gaze-eval`` would reject is never written."""
+    data = to_submission_json(entries)
+    parse_submission(data, source=str(path))
+    write_json_atomic(path, data)
 
 
 def load_submission(path: str | os.PathLike[str]) -> list[Entry]:

@@ -72,11 +72,19 @@ class StoreWriter:
         self._tmp = (self.path.parent
                      / f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._done = False
+        try:  # a full disk here leaves nothing behind either
+            self._create(video_dim, gaze_dim, dtype, chunk_steps)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create(self, video_dim: int, gaze_dim: int, dtype: str, chunk_steps: int) -> None:
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         self._group.attrs.update({"schema": "gazenlq.feature-store", "complete": False})
         specs = {VIDEO: ((video_dim,), dtype, ("time", "channel"), np.nan),
                  GAZE_INPUT: ((gaze_dim,), dtype, ("time", "channel"), np.nan)}
-        if with_gaze_maps:
+        if self.with_gaze_maps:
             specs[GAZE_MAPS] = ((MAP_SIZE, MAP_SIZE), dtype, ("time", "y", "x"), np.nan)
             specs[GAZE_TYPE] = ((), "uint8", ("time",), _GAZE_TYPE_FILL)
         self._arrays = {
@@ -88,7 +96,6 @@ class StoreWriter:
         }
         self._pending: dict[str, list[np.ndarray]] = {name: [] for name in self._arrays}
         self._pending_rows = 0
-        self._done = False
 
     def append(self, video: np.ndarray, gaze: np.ndarray, gaze_maps: np.ndarray | None = None,
                gaze_type: np.ndarray | None = None) -> None:
@@ -136,9 +143,17 @@ class StoreWriter:
         self._pending_rows -= rows
 
     def finish(self) -> Path:
-        """Flush, mark complete and rename into place (atomic)."""
+        """Flush, mark complete and rename into place (atomic); on any failure (a full disk)
+        the partial store is removed."""
         if self._done:
             return self.path
+        try:
+            return self._publish()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _publish(self) -> Path:
         self._flush(whole_chunks_only=False)
         grid = self.grid
         duration = self.duration_s
@@ -154,7 +169,6 @@ class StoreWriter:
         self._done = True
         if self.path.exists():
             if not self.overwrite:
-                self.abort()
                 raise StoreError(f"{self.path}: appeared while writing; not replaced")
             old = self.path.parent / f".{self.path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(self.path, old)
