@@ -97,7 +97,7 @@ def test_plain_zarr_reads_it(tmp_path):
     assert g.attrs["window_frames"] == 32 and g.attrs["stride_frames"] == 16
     assert g.attrs["duration_s"] == 54.0 and g.attrs["num_steps"] == 100
     np.testing.assert_array_equal(g["video_features"][:], data["video"])
-    assert g["video_features"].metadata.dimension_names == ("time", "channel")
+    assert g["video_features"].metadata.dimension_names == ("time", "video_features_channel")
     assert g["gaze_maps"].chunks == (64, 64, 64)
 
 

@@ -101,7 +101,11 @@ def load_model(path: Path) -> tuple[GazeNLQ, dict]:
     if conf.get("kind") != "gazenlq" or "train_config" not in conf:
         raise GazeNLQError(f"{path}: not a stage-2 (grounding) checkpoint (kind is "
                            f"{conf.get('kind')!r}); export the run's stage2/best")
-    model = GazeNLQ(TrainConfig.from_dict(conf["train_config"]))
+    try:
+        model = GazeNLQ(TrainConfig.from_dict(conf["train_config"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise GazeNLQError(f"{Path(path) / 'config.json'}: malformed train_config "
+                           f"({type(exc).__name__}: {exc})") from None
     try:
         model.load_state_dict(checkpoint.load_weights(path))
     except RuntimeError as exc:

@@ -32,13 +32,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import pickle
 import re
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from gazenlq.ingest.gaze_csv import TIME_COLUMN, frame_gaze, read_gaze_csv
 from gazenlq.store import FeatureStore, StoreWriter, store_path
 from gazenlq.store.schema import DEFAULT_CHUNK_STEPS
 from gazenlq.timegrid import EGO4D
+from gazenlq.workers import process_pool, stopped_on_error
 
 INGEST_VERSION = 1
 """Bumped when the conversion changes, so older stores are not mistaken for current ones."""
@@ -306,16 +306,11 @@ def run_jobs(jobs: Sequence[VideoJob], *, workers: int = 1,
             if on_video:
                 on_video(results[-1])
         return results
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+    with process_pool(min(workers, len(jobs))) as pool, stopped_on_error(pool):
         futures = [pool.submit(ingest_video, job) for job in jobs]
-        try:
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                if on_video:
-                    on_video(results[-1])
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            if on_video:
+                on_video(results[-1])
     return results
 

@@ -82,8 +82,9 @@ class StoreWriter:
     def _create(self, video_dim: int, gaze_dim: int, dtype: str, chunk_steps: int) -> None:
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         self._group.attrs.update({"schema": "gazenlq.feature-store", "complete": False})
-        specs = {VIDEO: ((video_dim,), dtype, ("time", "channel"), np.nan),
-                 GAZE_INPUT: ((gaze_dim,), dtype, ("time", "channel"), np.nan)}
+        # each feature axis its own name: xarray.open_zarr maps one name to one size
+        specs = {VIDEO: ((video_dim,), dtype, ("time", f"{VIDEO}_channel"), np.nan),
+                 GAZE_INPUT: ((gaze_dim,), dtype, ("time", f"{GAZE_INPUT}_channel"), np.nan)}
         if self.with_gaze_maps:
             specs[GAZE_MAPS] = ((MAP_SIZE, MAP_SIZE), dtype, ("time", "y", "x"), np.nan)
             specs[GAZE_TYPE] = ((), "uint8", ("time",), _GAZE_TYPE_FILL)

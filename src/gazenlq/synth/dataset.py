@@ -6,7 +6,6 @@ import json
 import os
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from gazenlq.synth.queries import clip_queries
 from gazenlq.synth.render import render
 from gazenlq.synth.timeline import Timeline, build_timeline
 from gazenlq.synth.world import World
+from gazenlq.workers import process_pool, stopped_on_error
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "egosim.json"
@@ -163,7 +163,7 @@ def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
     work = [(cfg, p, str(out)) for p in plans]
     entries: list[dict] = []
     if jobs > 1 and len(work) > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        with process_pool(jobs) as pool, stopped_on_error(pool):
             for entry in pool.map(_session_job, work):
                 entries.append(entry)
                 if on_session:

@@ -5,7 +5,9 @@ Layout of ``<run>/<stage>/``:
   ``config.json``, and ``state/`` for an exact resume (raw weights, optimizer tensors,
   RNG state, trainer counters);
 - ``best/``: the EMA weights of the best validation epoch and ``config.json``.
-Never pickle: every tensor is in safetensors, everything else in JSON.
+Never pickle: every tensor is in safetensors, everything else in JSON. ``config.json`` (written
+last) records the sha256 of every other file (``"files"``); loading checks them, so a
+truncated or altered file is one line naming it, never weights silently different.
 
 Every ``config.json`` records the time grid of the stores the run trained on
 (``"time_grid": {"fps", "window", "stride"}``): the model predicts in steps of that grid, so
@@ -22,11 +24,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gazenlq.atomic import atomic_dir
+from gazenlq.bundle.hashes import sha256_file
 from gazenlq.errors import GazeNLQError
 from gazenlq.timegrid import TimeGrid
 
 FORMAT = "gazenlq.checkpoint"
 VERSION = 1
+FILES = "files"
+"""Key of the other files' sha256 in ``config.json`` (relative path -> digest)."""
 TIME_GRID = "time_grid"
 """Key of the training stores' time grid in ``config.json``."""
 
@@ -58,14 +63,16 @@ def save(path: Path, *, config: dict[str, Any], weights: dict[str, torch.Tensor]
     dicts), ``rng`` (tensor dict) and ``trainer`` (JSON) for an exact resume."""
     with atomic_dir(path) as tmp:
         save_file(_contiguous(weights), tmp / "model.safetensors")
-        (tmp / "config.json").write_text(json.dumps(
-            {"format": FORMAT, "version": VERSION, **config}, indent=1))
         if resume is not None:
             state = tmp / "state"
             state.mkdir()
             for name in ("raw", "optim", "rng"):
                 save_file(_contiguous(resume[name]), state / f"{name}.safetensors")
             (state / "trainer.json").write_text(json.dumps(resume["trainer"], indent=1))
+        files = {f.relative_to(tmp).as_posix(): sha256_file(f)
+                 for f in sorted(tmp.rglob("*")) if f.is_file()}
+        (tmp / "config.json").write_text(json.dumps(
+            {"format": FORMAT, "version": VERSION, **config, FILES: files}, indent=1))
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -74,12 +81,12 @@ def load_config(path: Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise GazeNLQError(f"{path}: not a gazenlq checkpoint (no config.json)")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise GazeNLQError(f"{cfg_path}: not valid JSON ({exc})") from None
-    if cfg.get("format") != FORMAT:
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise GazeNLQError(f"{cfg_path}: not a gazenlq checkpoint config")
-    if cfg.get("version", 0) > VERSION:
+    if not isinstance(cfg.get("version", 0), int) or cfg.get("version", 0) > VERSION:
         raise GazeNLQError(f"{cfg_path}: checkpoint version {cfg['version']} is newer than "
                            f"this gazenlq reads ({VERSION}); upgrade gazenlq")
     return cfg
@@ -115,18 +122,41 @@ def time_grid(path: Path, config: dict[str, Any] | None = None) -> TimeGrid:
     return grid
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
-    file = Path(path) / "model.safetensors"
+def _checked(path: Path, name: str) -> Path:
+    """The file ``name`` of checkpoint ``path``, checked against the sha256 its
+    ``config.json`` records (checkpoints from before the record are read unchecked)."""
+    file = Path(path) / name
     if not file.is_file():
-        raise GazeNLQError(f"{path}: checkpoint has no model.safetensors")
-    return load_file(file)
+        raise GazeNLQError(f"{file}: missing from the checkpoint")
+    record = load_config(path).get(FILES)
+    if isinstance(record, dict) and name in record and sha256_file(file) != record[name]:
+        raise GazeNLQError(f"{file}: sha256 differs from the one config.json records "
+                           "(truncated or altered); use another checkpoint")
+    return file
+
+
+def _tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
+    file = _checked(path, name)
+    try:
+        return load_file(file)
+    except Exception as exc:  # safetensors raises its own error types on damaged files
+        raise GazeNLQError(f"{file}: not a readable safetensors file "
+                           f"({' '.join(str(exc).split())[:160]})") from None
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    return _tensors(path, "model.safetensors")
 
 
 def load_resume(path: Path) -> dict[str, Any]:
     state = Path(path) / "state"
     if not (state / "trainer.json").is_file():
         raise GazeNLQError(f"{path}: checkpoint has no resume state")
-    out: dict[str, Any] = {n: load_file(state / f"{n}.safetensors")
+    out: dict[str, Any] = {n: _tensors(path, f"state/{n}.safetensors")
                            for n in ("raw", "optim", "rng")}
-    out["trainer"] = json.loads((state / "trainer.json").read_text())
+    file = _checked(path, "state/trainer.json")
+    try:
+        out["trainer"] = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise GazeNLQError(f"{file}: not valid JSON ({exc})") from None
     return out

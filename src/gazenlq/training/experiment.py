@@ -16,9 +16,8 @@ import platform
 import sys
 import time
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from gazenlq.nlq.submission import Entry
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.data import TextFeatures
 from gazenlq.training.run import DataPaths, data_grid, load_text, train, train_stage1
+from gazenlq.workers import process_pool, stopped_on_error
 
 METRICS = ("R1@0.3", "R1@0.5", "R5@0.3", "R5@0.5", "mIoU")
 
@@ -125,8 +125,7 @@ def _run_parallel(todo: list[Job], jobs: int, args: tuple, quiet: bool
     results: dict[str, dict | None] = {}
     running: dict[Future, Job] = {}
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as pool:
+    with process_pool(jobs, _init_worker, (threads,)) as pool, stopped_on_error(pool):
         while todo or running:
             for job in [j for j in todo if j.after is None or j.after in results]:
                 if len(running) >= jobs:
