@@ -101,6 +101,19 @@ def test_plain_zarr_reads_it(tmp_path):
     assert g["gaze_maps"].chunks == (64, 64, 64)
 
 
+def test_xarray_opens_it_as_it_is(tmp_path):
+    """xarray maps one dimension name to one size: the two feature axes have their own."""
+    xr = pytest.importorskip("xarray", reason="xarray is in the dev extra")
+    data = make_data(100)
+    path = write(tmp_path / "v.zarr", data, duration=54.0)
+    ds = xr.open_zarr(path, consolidated=False)
+    assert ds.sizes["time"] == 100
+    assert ds["video_features"].shape == data["video"].shape
+    assert ds["gaze_features"].shape == data["gaze"].shape
+    assert ds.sizes["video_features_channel"] != ds.sizes["gaze_features_channel"]
+    np.testing.assert_array_equal(ds["video_features"].values, data["video"])
+
+
 @settings(max_examples=300, deadline=None)
 @given(t=st.integers(0, 3000), length=st.integers(1, 700), data=st.data())
 def test_window_plan_covers_every_step(t, length, data):

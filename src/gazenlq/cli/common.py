@@ -63,6 +63,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _python_show_warning = warnings.showwarning
 
 
+def _interrupted() -> None:
+    """Ctrl-C: one line and exit code 130 (every writer is atomic or resumable)."""
+    print("interrupted; run again to resume", file=sys.stderr)
+    raise SystemExit(INTERRUPTED) from None
+
+
 def os_error_line(exc: OSError) -> str:
     """``PATH: what went wrong`` for an operating-system error (ENOSPC: disk full)."""
     where = exc.filename if exc.filename is not None else "a file"
@@ -97,9 +103,10 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
         print(exc.format_message(), file=sys.stderr)
         raise SystemExit(2) from None
     except (typer.Abort, KeyboardInterrupt):
-        print("interrupted; run again to resume", file=sys.stderr)
-        raise SystemExit(INTERRUPTED) from None
+        _interrupted()
     except typer.Exit as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer's own Ctrl-C handling
+            _interrupted()
         raise SystemExit(exc.exit_code) from None
     except ClickException as exc:
         fail(f"{prog_name}: {exc.format_message()}")

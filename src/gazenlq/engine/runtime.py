@@ -155,5 +155,5 @@ class Runtime:
                  "text_mask": text_mask}
         if self.uses_gaze:
             feeds["gaze_emb"] = gaze_emb
-        logits, dists, pmask = self._run("ground", feeds)
-        return logits, dists, pmask
+        out = self._named("ground", feeds)  # by name: the manifest's order is not trusted
+        return out["logits"], out["distances"], out["point_mask"]

@@ -309,7 +309,9 @@ class SearchEngine:
             raise StoreError(f"{where} lies outside the store's {store.num_steps} steps "
                              f"({grid.to_seconds(store.num_steps):g} s); is it the store of "
                              f"video {query.video_uid}?")
-        if span.first > max(want.start, 0) or span.stop < want.stop:
+        # the official slicing is end-inclusive: a clip ending with its video asks for
+        # one step past the last, which Python slicing drops without a word
+        if span.first > max(want.start, 0) or span.stop < want.stop - 1:
             warn(f"{where} is only partly inside the store's {store.num_steps} steps "
                  f"({grid.to_seconds(store.num_steps):g} s); searching steps "
                  f"{span.first}-{span.stop} of {want.start}-{want.stop}")
