@@ -745,14 +745,24 @@ def _in_small_tmpfs(size: str, setup: str, cmd: list, check: str) -> subprocess.
 @needs_namespaces
 @pytest.mark.slow
 def test_full_disk_is_one_line_and_leaves_nothing(inputs, tmp_path):
-    """A full disk during synth, export, ingest (store writes) and a cache write."""
+    """A full disk during synth, export, ingest (store writes, two workers) and a cache
+    write."""
     bundle, lib, ckpt, _ = inputs
     listing = 'find "$D" -mindepth 1 | sort'
     synth_ = _in_small_tmpfs("300k", "true", [script("gaze-synth"), "/tmp/full/ds",
                                               "--sessions", "2"], listing)
     export_ = _in_small_tmpfs("2m", "true", [script("gaze-export"), ckpt, "-o",
                                              "/tmp/full/bundle", "--quiet"], listing)
-    for out in (synth_, export_):
+    from tests.test_ingest_features import make_sources
+
+    make_sources(tmp_path / "src", {"egovlp": {"v1": 3000, "v2": 3000},
+                                    "omnivore": {"v1": 3000, "v2": 3000}},
+                 {"egovlp": 256, "omnivore": 128})
+    ingest_ = _in_small_tmpfs("600k", "true", [
+        script("gaze-ingest"), "--video-source", f"egovlp={tmp_path / 'src' / 'egovlp'}",
+        "--gaze-source", f"omnivore={tmp_path / 'src' / 'omnivore'}", "--out",
+        "/tmp/full/stores", "--quiet"], listing)
+    for out in (synth_, export_, ingest_):
         err, left = out.stdout.split("--left--")[0] + out.stderr, out.stdout.split("--left--")[1]
         lines = [ln for ln in out.stderr.splitlines() if not ln.startswith("rc=")]
         assert "rc=2" in out.stderr, out.stderr

@@ -27,9 +27,17 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int | N
             json.dump(obj, f, allow_nan=False, indent=indent)
             f.write("\n")
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        _name(exc, target)
         raise
+
+
+def _name(exc: BaseException, target: Path) -> None:
+    """An operating-system error without a file name (a full disk in a library's write)
+    names the target, so that the one-line error says where."""
+    if isinstance(exc, OSError) and exc.filename is None:
+        exc.filename = str(target)
 
 
 def owner_alive(temp: Path) -> bool:
@@ -70,8 +78,9 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _name(exc, target)
         raise
     if target.exists():
         old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"

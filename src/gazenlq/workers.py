@@ -23,16 +23,31 @@ PARENT_POLL_S = 0.5
 """How often a worker checks that its parent still runs."""
 
 
+GRACE_S = 10.0
+"""How long a worker stopped by SIGTERM may take to unwind before it is ended outright."""
+
+
 def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(PARENT_POLL_S)
-    os._exit(1)  # the parent is gone: nobody would read this worker's results
+    # the parent is gone: nobody would read this worker's results; unwind (so writers
+    # remove their temporaries), and if that hangs, end outright
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(GRACE_S)
+    os._exit(1)
 
 
-def _start(initializer: Callable[..., Any] | None, initargs: tuple) -> None:
-    """Initializer of every worker: ignore SIGINT, watch the parent, then ``initializer``."""
+def _unwind(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _start(parent: int, initializer: Callable[..., Any] | None, initargs: tuple) -> None:
+    """Initializer of every worker: ignore SIGINT, watch the parent (``parent``: its pid,
+    taken before the spawn, so a parent killed while the worker started is noticed too),
+    then ``initializer``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True,
+    signal.signal(signal.SIGTERM, _unwind)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="gazenlq-parent-watch").start()
     if initializer is not None:
         initializer(*initargs)
@@ -42,19 +57,22 @@ def process_pool(workers: int, initializer: Callable[..., Any] | None = None,
                  initargs: tuple = ()) -> ProcessPoolExecutor:
     """A pool of ``workers`` spawned processes that end with their parent."""
     return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_start,
-                               initargs=(initializer, initargs))
+                               initargs=(os.getpid(), initializer, initargs))
 
 
 def stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel pending work and terminate the workers now (their unfinished outputs are
-    hidden temporaries that the next run removes)."""
+    """Cancel pending work and stop the workers now: SIGTERM unwinds each one (its writers
+    remove their temporaries); one that does not end within :data:`GRACE_S` is killed."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
-        process.join(timeout=5)
+        process.join(timeout=GRACE_S)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 @contextmanager

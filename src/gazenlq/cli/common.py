@@ -105,8 +105,6 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
     except (typer.Abort, KeyboardInterrupt):
         _interrupted()
     except typer.Exit as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):  # typer's own Ctrl-C handling
-            _interrupted()
         raise SystemExit(exc.exit_code) from None
     except ClickException as exc:
         fail(f"{prog_name}: {exc.format_message()}")
@@ -118,6 +116,8 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
         raise SystemExit(0) from None
     except OSError as exc:  # a full disk, a read-only or vanished directory: name the path
         fail(os_error_line(exc))
+    if rv == INTERRUPTED:  # typer turns Ctrl-C into Exit(130), which click returns
+        _interrupted()
     if isinstance(rv, int) and rv:
         raise SystemExit(rv)
 

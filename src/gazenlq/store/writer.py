@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +75,19 @@ class StoreWriter:
                      / f".{self.path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._done = False
-        try:  # a full disk here leaves nothing behind either
+        with self._writing():  # a full disk here leaves nothing behind either
             self._create(video_dim, gaze_dim, dtype, chunk_steps)
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Any failure of a write discards the partial store; an operating-system error
+        (a full disk) becomes one line naming the store."""
+        try:
+            yield
+        except OSError as exc:
+            self.abort()
+            raise StoreError(f"{self.path}: cannot be written ({exc.strerror or exc}); "
+                             "nothing of it was kept") from None
         except BaseException:
             self.abort()
             raise
@@ -128,7 +141,8 @@ class StoreWriter:
         self.num_steps += n
         self._pending_rows += n
         if self._pending_rows >= self.chunk_steps:
-            self._flush(whole_chunks_only=True)
+            with self._writing():
+                self._flush(whole_chunks_only=True)
 
     def _flush(self, whole_chunks_only: bool) -> None:
         """Write pending rows; whole chunks only while streaming, so no chunk is rewritten."""
@@ -148,11 +162,8 @@ class StoreWriter:
         the partial store is removed."""
         if self._done:
             return self.path
-        try:
+        with self._writing():
             return self._publish()
-        except BaseException:
-            self.abort()
-            raise
 
     def _publish(self) -> Path:
         self._flush(whole_chunks_only=False)

@@ -142,6 +142,8 @@ class TrainConfig:
 
 
 def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    if not isinstance(d, dict):  # a damaged config must not become the defaults
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(d).__name__}")
     kwargs = {}
     for f in fields(cls):
         if f.name not in d:
