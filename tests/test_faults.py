@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gazenlq.bundle.manifest import MANIFEST, BundleError, bundle_file
-from gazenlq.cli import evaluate, export, ingest, search, store, synth
+from gazenlq.cli import evaluate, export, ingest, search, store, synth, train
 from gazenlq.errors import GazeNLQError
 from tests.conftest import script
 
@@ -540,6 +541,23 @@ def _(ctx):
     return [ctx.root / "ds", "--sessions", "2"]
 
 
+@case("train:data-missing", train.main, "nodata: not a directory")
+def _(ctx):
+    return [ctx.root / "nodata", "-o", ctx.root / "run"]
+
+
+@case("train:unknown-variant", train.main, "--variants")
+def _(ctx):
+    return [ctx.stores_src, "-o", ctx.root / "run", "--variants", "bogus"]
+
+
+@case("train:annotations-json-lines", train.main, "jl.json: JSON Lines")
+def _(ctx):
+    (ctx.root / "jl.json").write_text('{"a": 1}\n{"b": 2}\n')
+    return [ctx.stores_src, "-o", ctx.root / "run", *(x for f in ("--train", "--val", "--test")
+                                                       for x in (f, ctx.root / "jl.json"))]
+
+
 @pytest.fixture(scope="module")
 def indexed_store(inputs):
     """The shared store, searched once so that it holds an index for the bundle."""
@@ -571,7 +589,7 @@ def test_the_matrix_is_large_and_covers_every_command():
     mains = {c[1] for c in CASES}
     assert len(CASES) >= 60
     assert mains == {search.main, export.main, store.main, evaluate.main, ingest.main,
-                     synth.main}
+                     synth.main, train.main}
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys, tmp_path):
@@ -821,3 +839,35 @@ def test_damaged_resume_state_is_one_line_naming_the_file(inputs, tmp_path):
     replace(last / "state" / "trainer.json", b"{")
     with pytest.raises(GazeNLQError, match=r"trainer\.json: sha256 differs"):
         checkpoint.load_resume(last)
+
+
+def test_query_files_are_read_by_content_and_partial_clips_warned(inputs, tmp_path, capsys):
+    """A byte-order mark is dropped, NLQ JSON is recognised whatever its extension's case,
+    and a clip running past its store's end is searched where it is covered, with one
+    warning; the submission holds nothing gaze-eval would reject."""
+    from gazenlq.nlq.submission import load_submission
+
+    bundle, lib, _, val = inputs
+    s = Ctx(tmp_path, bundle, lib, Path(), val).store()
+    text = tmp_path / "q.txt"
+    text.write_bytes("\ufeffwhere is the cup\n\n".encode())
+    search.main([str(s), "--queries", str(text), "--bundle", str(bundle), "--no-cache",
+                 "--json", "--quiet"])
+    out = json.loads(capsys.readouterr().out)
+    assert [r["query"] for r in out["results"]] == ["where is the cup"]
+    from gazenlq.store import FeatureStore
+
+    end = FeatureStore.open(s).info.duration_s
+    raw = json.loads(val.read_text())
+    _one_clip(s, end - 30.0, end + 30.0)(raw)
+    nlq = tmp_path / "Q.JSON"
+    nlq.write_bytes(b"\xef\xbb\xbf" + json.dumps(raw).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # as outside pytest: the CLI prints one line
+        search.main([str(s.parent), "--queries", str(nlq), "--bundle", str(bundle),
+                     "--no-cache", "--submission", str(tmp_path / "sub.json"), "--quiet"])
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and \
+        "only partly inside" in lines[0], lines
+    entries = load_submission(tmp_path / "sub.json")
+    assert entries and all(0.0 <= a <= b <= 60.0 for e in entries for a, b in e.predicted_times)

@@ -185,8 +185,8 @@ def test_submission_round_trip_and_atomic_write(tmp_path):
 def test_failed_write_leaves_the_old_file(tmp_path):
     path = tmp_path / "sub.json"
     path.write_text("old")
-    with pytest.raises(ValueError):
-        write_submission(path, [entry(0, (0.0, float("nan")))])
+    with pytest.raises(AnnotationError, match="expected a finite number, got nan"):
+        write_submission(path, [entry(0, (0.0, float("nan")))])  # checked before writing
     assert path.read_text() == "old"
     assert list(tmp_path.iterdir()) == [path]
 

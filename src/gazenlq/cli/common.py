@@ -94,8 +94,8 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
     pending!" under the one-line error. Those internals are muted here (asyncio logs only
     critical messages)."""
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    warnings.showwarning = _show_warning
     command = typer.main.get_command(app)
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         rv = command.main(args=list(argv) if argv is not None else None, prog_name=prog_name,
                           standalone_mode=False)
@@ -116,6 +116,8 @@ def run(app: typer.Typer, prog_name: str, argv: Sequence[str] | None = None,
         raise SystemExit(0) from None
     except OSError as exc:  # a full disk, a read-only or vanished directory: name the path
         fail(os_error_line(exc))
+    finally:
+        warnings.showwarning = shown
     if rv == INTERRUPTED:  # typer turns Ctrl-C into Exit(130), which click returns
         _interrupted()
     if isinstance(rv, int) and rv:
