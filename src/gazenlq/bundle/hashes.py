@@ -37,7 +37,8 @@ def _memo_file() -> Path:
     return user_cache_path("gazenlq", appauthor=False) / "sha256.json"
 
 
-def _identity(st: os.stat_result) -> list[int]:
+def identity(st: os.stat_result) -> list[int]:
+    """A file's identity: device, inode, size, modification and change time (ns)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
@@ -54,7 +55,7 @@ class HashMemo:
 
     def sha256(self, file: Path) -> str:
         key = str(Path(file).resolve())
-        ident = _identity(os.stat(key))
+        ident = identity(os.stat(key))
         hit = self.entries.get(key)
         if isinstance(hit, list) and len(hit) == 2 and hit[0] == ident:
             return str(hit[1])
@@ -62,7 +63,7 @@ class HashMemo:
         # remembered only when not written to while it was read, and changed long enough
         # ago that a write in the same clock tick would have shown in the change time
         settled = time.time_ns() - ident[4] > SETTLED_NS
-        if settled and _identity(os.stat(key)) == ident:
+        if settled and identity(os.stat(key)) == ident:
             self.entries[key] = [ident, digest]
             self.dirty = True
         return digest

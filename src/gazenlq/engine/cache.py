@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from gazenlq.atomic import owner_alive, write_json_atomic
-from gazenlq.bundle.hashes import HashMemo, sha256_file
+from gazenlq.bundle.hashes import HashMemo, identity, sha256_file
 from gazenlq.errors import StoreError, warn
 
 CACHE_DIR = "cache"
@@ -86,11 +86,6 @@ def _hashes() -> HashMemo:
     return _memo
 
 
-def _identity(path: Path) -> tuple[int, ...]:
-    st = path.stat()
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 class CachedEmbeddings:
     """A published, verified cache: its arrays memory-mapped (read-only), its plan in
     ``meta``."""
@@ -98,7 +93,7 @@ class CachedEmbeddings:
     def __init__(self, path: Path, meta: dict) -> None:
         self.path, self.meta = path, meta
         self.files = {name: path / f"{name}.npy" for name in meta["arrays"]}
-        self.identities = {name: _identity(f) for name, f in self.files.items()}
+        self.identities = {name: identity(f.stat()) for name, f in self.files.items()}
         self.arrays = {name: np.load(f, mmap_mode="r") for name, f in self.files.items()}
         self.video = self.arrays["video_emb"]
         self.gaze = self.arrays.get("gaze_emb")
@@ -107,7 +102,7 @@ class CachedEmbeddings:
     def intact(self) -> bool:
         """Whether every array file is still the one verified (same identity)."""
         try:
-            return all(_identity(f) == self.identities[n] for n, f in self.files.items())
+            return all(identity(f.stat()) == self.identities[n] for n, f in self.files.items())
         except OSError:
             return False
 
