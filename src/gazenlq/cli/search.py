@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
+from gazenlq.engine.options import SearchOptions
 from gazenlq.progress import progress
 
 app = make_app("Answer natural-language queries over a feature store or a directory of "
@@ -64,7 +65,11 @@ def search(
                                        "bundle has a coarse stage and the target exceeds one "
                                        "window.")] = Mode.auto,
     candidates: Annotated[int, typer.Option(min=1, help="Coarse to fine: spans per query "
-                                            "whose regions are grounded (M).")] = 16,
+                                            "whose regions are grounded (M).")
+                          ] = SearchOptions.candidates,
+    context: Annotated[int, typer.Option(min=0, help="Coarse to fine: steps of context "
+                                         "either side of a candidate span.")
+                       ] = SearchOptions.context,
     cache: Annotated[bool, typer.Option(help="Read and write the per-video caches in the "
                                         "stores (--no-cache: neither).")] = True,
     plot: Annotated[Path | None, typer.Option(help="PNG of the first query's score timeline "
@@ -77,7 +82,7 @@ def search(
     """Search TARGET for each query and print the best moments."""
     t_start = time.perf_counter()
     from gazenlq.bundle.default import resolve_bundle
-    from gazenlq.engine import RuntimeOptions, SearchEngine, SearchOptions
+    from gazenlq.engine import RuntimeOptions, SearchEngine
     from gazenlq.store import find_stores
 
     choice = resolve_bundle(bundle)
@@ -101,7 +106,8 @@ def search(
                                                  threads),
                           SearchOptions(top_k=top_k, window=window, overlap=overlap,
                                         batch=batch, use_cache=cache, write_cache=cache,
-                                        mode=mode.value, candidates=candidates))
+                                        mode=mode.value, candidates=candidates,
+                                        context=context))
     load_s = time.perf_counter() - t_start
     if index:
         bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing",

@@ -28,7 +28,9 @@ class SearchOptions:
     """``coarse`` (coarse to fine: the fine model only on the best spans' regions),
     ``exhaustive`` (every window; the reference) or ``auto``: coarse wherever the bundle
     has a coarse stage and the searched steps exceed one window."""
-    candidates: int = 16
+    candidates: int = 8
     """Coarse to fine: spans per query whose regions the fine model grounds in (M)."""
-    context: int = 64
-    """Coarse to fine: steps of context either side of a span in its region."""
+    context: int = 16
+    """Coarse to fine: steps of context either side of a span in its region (before the
+    region is aligned to the bundle's length multiple). M and context were chosen on
+    EgoSim's 10-hour sessions (docs/coarse-to-fine.md)."""
