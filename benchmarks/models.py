@@ -40,9 +40,10 @@ def random_checkpoint(cfg: TrainConfig, path: Path, seed: int = 0, grid: TimeGri
 def random_bundle(cfg: TrainConfig, out: Path, *, fp16: bool = False, trt: bool = False,
                   grid: TimeGrid = EGO4D) -> Path:
     """A validated gaze-export bundle of a random-weight ``cfg`` for stores on ``grid``
-    (reused when present)."""
+    (reused when present), with native TensorRT engines at each of its precisions when
+    ``trt``."""
     from gazenlq.bundle.manifest import verify_bundle
-    from gazenlq.bundle.trt import ENGINE_DIR
+    from gazenlq.bundle.trt import engine_dir
     from gazenlq.errors import GazeNLQError
     from gazenlq.export.exporter import export_bundle
     from gazenlq.export.tensorrt import TrtOptions
@@ -52,11 +53,12 @@ def random_bundle(cfg: TrainConfig, out: Path, *, fp16: bool = False, trt: bool 
         manifest = verify_bundle(bundle)
         same = manifest.model == json.loads(json.dumps(cfg.to_dict())) and \
             manifest.time_grid == grid
+        precisions = ("fp32", "fp16") if fp16 else ("fp32",)
         if same and (not fp16 or "fp16" in manifest.graphs) and (
-                not trt or (bundle / ENGINE_DIR).is_dir()):
+                not trt or all(engine_dir(bundle, p).is_dir() for p in precisions)):
             return bundle
     except (GazeNLQError, OSError):  # absent or stale: export afresh
         pass
     ckpt = random_checkpoint(cfg, out / "checkpoint", grid=grid)
-    export_bundle(ckpt, bundle, fp16=fp16, trt=TrtOptions(fp16=True) if trt else None)
+    export_bundle(ckpt, bundle, fp16=fp16, trt=TrtOptions(fp16=fp16) if trt else None)
     return bundle
