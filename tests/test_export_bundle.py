@@ -160,7 +160,8 @@ def test_profiles_come_from_the_bundle_and_the_search_defaults():
     from gazenlq.engine.options import SearchOptions
 
     ranges = TrtOptions().ranges(_manifest(max_len=5120))
-    assert ranges == {"batch": (1, 8, SearchOptions.batch), "length": (4, 1024, 5120),
+    assert SearchOptions().batch == 32
+    assert ranges == {"batch": (1, 8, 32), "length": (4, 1024, 5120),
                       "text_length": (1, 16, 24)}
     assert TrtOptions().ranges(_manifest(max_len=256))["length"] == (4, 256, 256)
     assert TrtOptions(max_length=8192, max_batch=4).ranges(_manifest(256)) == {

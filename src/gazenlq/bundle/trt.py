@@ -33,6 +33,9 @@ REBUILD = "rebuild it: gaze-export BUNDLE --trt"
 ShapeRange = dict[str, list[int]]  # min / opt / max -> shape
 Range = tuple[int, int, int]  # min / opt / max of one named axis
 BATCH = "batch"
+ROWS_PER_CALL = 32
+"""Rows per graph call: the search's default ``batch`` and the default max batch of the
+TensorRT profiles built for it (one value, so engines fit the default search)."""
 
 
 def engine_dir(bundle: Path, precision: str) -> Path:

@@ -25,6 +25,7 @@ import numpy as np
 from gazenlq.bundle.manifest import PRECISIONS, GraphSpec, Manifest, verify_bundle
 from gazenlq.bundle.trt import (
     BATCH,
+    ROWS_PER_CALL,
     ShapeRange,
     axis_ranges,
     check_fits,
@@ -150,12 +151,10 @@ class Runtime:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         ranges = None
         if options.device == "tensorrt":
-            from gazenlq.engine.options import SearchOptions
-
             ranges = axis_ranges(length_multiple=m.length_multiple,
                                  max_tokens=self.tokenizer.max_tokens,
                                  max_length=max_length or m.max_len,
-                                 max_batch=max_batch or SearchOptions.batch)
+                                 max_batch=max_batch or ROWS_PER_CALL)
 
         def make(name: str):
             spec = self.specs[name]
@@ -187,18 +186,18 @@ class Runtime:
         try:
             for name in GRAPHS:
                 self.sessions[name] = TrtGraph(self.path, self.manifest, name, self.precision)
+            self.bounds = {name: g.bounds for name, g in self.sessions.items()}
+            window = max_length or self.manifest.max_len
+            longest = min(b["length"][1] for b in self.bounds.values() if "length" in b)
+            if window > longest:
+                raise ParameterError("window", window, f"the {self.precision} TensorRT "
+                                     f"engines accept at most {longest} steps; rebuild them "
+                                     f"with gaze-export BUNDLE --trt --trt-max-length {window}")
         except BaseException:
             self.close()
             raise
         self.specs = {name: g.spec for name, g in self.sessions.items()}
-        self.bounds = {name: g.bounds for name, g in self.sessions.items()}
         self.providers = {name: [NATIVE] for name in GRAPHS}
-        window = max_length or self.manifest.max_len
-        longest = min(b["length"][1] for b in self.bounds.values() if "length" in b)
-        if window > longest:
-            raise ParameterError("window", window, f"the {self.precision} TensorRT engines "
-                                 f"accept at most {longest} steps; rebuild them with "
-                                 f"gaze-export BUNDLE --trt --trt-max-length {window}")
         self._make = self.sessions.__getitem__
 
     def producer(self, name: str) -> tuple[str, str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 from gazenlq.atomic import atomic_dir, write_json_atomic
 from gazenlq.bundle.manifest import Manifest, verify_bundle
 from gazenlq.bundle.trt import (
+    ROWS_PER_CALL,
     Range,
     ShapeRange,
     axis_ranges,
@@ -46,12 +47,10 @@ class TrtOptions:
 
     def ranges(self, manifest: Manifest) -> dict[str, Range]:
         """The (min, opt, max) of every named axis for ``manifest``'s bundle."""
-        from gazenlq.engine.options import SearchOptions
-
         return axis_ranges(length_multiple=manifest.length_multiple,
                            max_tokens=int(manifest.text["max_tokens"]),
                            max_length=self.max_length or manifest.max_len,
-                           max_batch=self.max_batch or SearchOptions.batch,
+                           max_batch=self.max_batch or ROWS_PER_CALL,
                            min_length=self.min_length,
                            opt_length=self.opt_length, opt_batch=self.opt_batch,
                            opt_text_length=self.opt_text_length)
