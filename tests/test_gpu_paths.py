@@ -278,16 +278,28 @@ def _moments(*rows):
 
 def test_compare_top_accepts_reordered_near_ties_and_refuses_other_moments():
     ref = _moments((1.0, 4.0, 0.9), (10.0, 12.0, 0.5), (20.0, 30.0, 0.49))
-    assert compare_top(ref, ref, time_tol=1e-3, score_tol=1e-4) == Compared(3, [])
+    assert compare_top(ref, ref, time_tol=1e-3, score_tol=1e-4) == Compared(3, [], 0)
     swapped = [ref[0], (ref[2][0], 20.001, 30.0, 0.5), (ref[1][0], 10.0, 12.0, 0.495)]
     assert compare_top(ref, swapped, time_tol=0.01, score_tol=0.02).problems == []
-    moved = [ref[0], ref[1], (ref[2][0], 25.0, 30.0, 0.49)]
+    moved = [ref[0], (ref[1][0], 10.0, 12.0, 0.6), ref[2]]  # same place, another score
     problems = compare_top(ref, moved, time_tol=0.01, score_tol=0.02).problems
-    assert len(problems) == 1 and "20.000-30.000" in problems[0]
+    assert problems[0] == "rank 2: score 0.6000, the reference's 0.5000"
+    assert any("10.000-12.000" in p for p in problems)
+    elsewhere = [ref[0], (ref[1][0], 50.0, 52.0, 0.5), ref[2]]  # a moment not in the ref
+    assert compare_top(ref, elsewhere, time_tol=0.01, score_tol=0.005).problems == [
+        "v1 10.000-12.000 s (score 0.5000) has no counterpart within 0.01 s / 0.005"]
     assert compare_top(ref, ref[:2], time_tol=1, score_tol=1).problems == [
         "3 moments in the reference, 2 here"]
     drift = [(v, s, e, sc + 0.1) for v, s, e, sc in ref]
-    assert len(compare_top(ref, drift, time_tol=1e-3, score_tol=0.02).problems) == 3
+    assert len(compare_top(ref, drift, time_tol=1e-3, score_tol=0.02).problems) == 6
+
+
+def test_a_tie_at_the_cut_may_be_exchanged_but_not_a_better_moment():
+    ref = _moments((1.0, 4.0, 0.9), (10.0, 12.0, 0.5), (20.0, 30.0, 0.3))
+    at_cut = [ref[0], ref[1], ("v0", 70.0, 72.0, 0.301)]  # tied with the 3rd: exchanged
+    assert compare_top(ref, at_cut, time_tol=0.01, score_tol=0.005) == Compared(3, [], 1)
+    above = [ref[0], ("v1", 70.0, 72.0, 0.5), ref[2]]  # tied, but not at the cut
+    assert len(compare_top(ref, above, time_tol=0.01, score_tol=0.005).problems) == 1
 
 
 def test_gpu_check_skips_here_with_its_reasons(tmp_path):
