@@ -7,7 +7,8 @@ float16 - as ``.npy`` files that searches memory-map (a coarse-to-fine query rea
 slices of a few windows: microseconds, where a chunked read costs a millisecond), and the
 plan as the attributes of a Zarr group's ``zarr.json`` (so that Zarr, listing the store,
 sees the cache directories as groups of its hierarchy). The key hashes the bundle's video
-graph and the precision, so a cache written by another bundle is never read (it is removed
+graph, the device (backend) and the precision that computed it, so a cache written by
+another bundle, backend or precision is never read (it is removed
 when the new one is published). A cache is written into a hidden temporary directory and
 renamed into place, so concurrent searches see a complete cache or none, never half of one,
 and a failed search leaves nothing behind.
@@ -33,11 +34,12 @@ VERSION = 2
 ARRAYS = {"video_emb": np.float32, "gaze_emb": np.float32, "coarse_emb": np.float16}
 
 
-def cache_key(video_graph_sha: str, precision: str, length: int, overlap: int, start: int,
+def cache_key(producer: tuple[str, str, str], length: int, overlap: int, start: int,
               stop: int, shapes: dict[str, tuple[int, ...]]) -> str:
-    """The index of one bundle's video graph at one precision, for one window plan and step
-    range, holding the arrays ``shapes`` (name -> per-window shape)."""
-    blob = json.dumps([video_graph_sha, precision, length, overlap, start, stop,
+    """The index computed by ``producer`` - (sha256 of the video graph, device, precision):
+    fp16 TensorRT embeddings are not fp32 CPU ones - for one window plan and step range,
+    holding the arrays ``shapes`` (name -> per-window shape)."""
+    blob = json.dumps([*producer, length, overlap, start, stop,
                        sorted((k, list(v)) for k, v in shapes.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

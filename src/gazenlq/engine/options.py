@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gazenlq.bundle.trt import ROWS_PER_CALL
+
 MODES = ("auto", "coarse", "exhaustive")
 
 
@@ -16,7 +18,7 @@ class SearchOptions:
     """Steps per model window (a multiple of the bundle's length multiple); default: the
     bundle's max length."""
     overlap: int = 256
-    batch: int = 32
+    batch: int = ROWS_PER_CALL
     """Rows (window x query pairs) per call of the per-query graph, at most."""
     fuse_steps: int = 8192
     """Rows x window steps per call of the per-query graph, at most: bounds memory whatever

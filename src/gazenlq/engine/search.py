@@ -119,7 +119,8 @@ class SearchEngine:
         kernels = threading.Thread(target=_load_kernels, name="gazenlq-kernels", daemon=True)
         kernels.start()
         try:
-            self.runtime = Runtime(self.bundle.path, runtime)
+            self.runtime = Runtime(self.bundle.path, runtime, max_length=options.window,
+                                   max_batch=options.batch)
         finally:
             kernels.join()
         self.manifest = m = self.runtime.manifest
@@ -334,9 +335,8 @@ class SearchEngine:
         n = stop - start
         length = min(self.window, pad_to(n, self.manifest.length_multiple))
         overlap = min(self.options.overlap, length - 1)
-        key = vcache.cache_key(self.manifest.files[self.manifest.graph(
-            "video", self.runtime.precision).file].sha256, self.runtime.precision,
-            length, self.options.overlap, start, stop, self._output_shapes(length))
+        key = vcache.cache_key(self.runtime.producer("video"), length, self.options.overlap,
+                               start, stop, self._output_shapes(length))
         return _Plan(Path(store_path), store, start, stop, length, overlap,
                      plan_windows(n, length, overlap), key)
 
