@@ -37,8 +37,10 @@ def _hms(seconds: float) -> str:
 
 @app.command()
 def search(
-    target: Annotated[Path, typer.Argument(help="A feature store (video.zarr) or a directory "
-                                           "of stores searched as one library.")],
+    target: Annotated[str, typer.Argument(help="A feature store (video.zarr) or a directory "
+                                          "of stores searched as one library; or a URL "
+                                          "(s3://bucket/video.zarr, s3://bucket/prefix: "
+                                          "gazenlq[s3], credentials as for the AWS CLI).")],
     queries: Annotated[list[str] | None, typer.Argument(help="Questions in words.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Exported bundle (gaze-export); default "
                                                 "$GAZENLQ_BUNDLE, else the default bundle "
