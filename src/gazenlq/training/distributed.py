@@ -66,6 +66,14 @@ def is_main() -> bool:
     return group is None or group.rank == 0
 
 
+def shutdown() -> None:
+    """Leave the process group (at the end of a torchrun process)."""
+    import torch.distributed as dist
+
+    if current() is not None:
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     """Wait for every rank (nothing in a single process)."""
     import torch.distributed as dist
@@ -94,8 +102,10 @@ def all_sum(value: float, device: torch.device) -> float:
 
 class StepModule(nn.Module):
     """A stage's training step as a module's ``forward`` (DDP synchronises gradients of
-    what runs through ``forward``; the steps call the models' own methods). ``forward(None)``
-    is a step without items: zero loss, zero gradients, the same collective calls."""
+    what runs through ``forward``; the steps call the models' own methods). Every trainable
+    parameter takes part in every step's loss (a zero term where the step does not use
+    it: a branch of another stage, or ``forward(None)``, the step of a rank without items),
+    so DDP's gradient buckets always fill without searching the graph for unused ones."""
 
     def __init__(self, model: nn.Module, step) -> None:
         super().__init__()
@@ -103,17 +113,17 @@ class StepModule(nn.Module):
         self.step = step
 
     def forward(self, batch: Any) -> dict[str, torch.Tensor]:
+        zero = torch.stack([p.sum() for p in self.model.parameters()
+                            if p.requires_grad]).sum() * 0.0
         if batch is None:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            return {"loss": torch.stack([p.sum() for p in params]).sum() * 0.0}
-        return self.step(self.model, batch)
+            return {"loss": zero}
+        losses = self.step(self.model, batch)
+        return {**losses, "loss": losses["loss"] + zero}
 
 
 def wrap(model: nn.Module, step, device: torch.device) -> nn.Module:
-    """``step`` on ``model`` under DistributedDataParallel (parameters unused by a step,
-    such as another branch's, are allowed)."""
+    """``step`` on ``model`` under DistributedDataParallel."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(StepModule(model, step), device_ids=ids,
-                                   find_unused_parameters=True)
+    return DistributedDataParallel(StepModule(model, step), device_ids=ids)
