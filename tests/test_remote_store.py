@@ -68,7 +68,7 @@ def _one_line(out: subprocess.CompletedProcess, *needles: str) -> None:
         assert needle in out.stderr, out.stderr
 
 
-def test_missing_objects_are_one_line_naming_the_url(s3_library, tiny_bundle, tmp_path):
+def test_missing_objects_are_one_line_naming_the_url(s3_library, tiny_bundle):
     import boto3
 
     _, local, _ = s3_library

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -122,6 +123,7 @@ def index_library(client, bundle: str | os.PathLike, stores: Sequence[Location],
     if limit < 1:
         raise ParameterError("in_flight", limit, "must be at least 1")
     bundle = os.fspath(bundle)
+    job = uuid.uuid4().hex[:8]  # task keys of this job only (never another job's results)
     todo = iter(enumerate(stores))
     running = distributed.as_completed()
     report = IndexReport(workers=workers)
@@ -131,7 +133,7 @@ def index_library(client, bundle: str | os.PathLike, stores: Sequence[Location],
         if item is not None:
             i, store = item
             running.add(client.submit(_index_store, bundle, runtime, options, store,
-                                      key=f"gazenlq-index-{i}-{os.path.basename(str(store))}",
+                                      key=f"gazenlq-index-{job}-{i}",
                                       pure=False))
 
     for _ in range(limit):
