@@ -2,13 +2,12 @@
 shapes) in one process or, under torchrun, in several with DDP and the global batch
 shared out (bench_cluster runs it). Rank 0 prints the timing as JSON.
 
-    [torchrun --nproc-per-node N] python -m benchmarks.ddp_step WINDOWS QUERIES REPEAT
+    [torchrun --nproc-per-node N] python -m benchmarks.ddp_step WINDOWS QUERIES REPEAT THREADS
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import torch
@@ -25,10 +24,10 @@ from gazenlq.training.trainer import optimizer, train_step
 
 
 def main() -> None:
-    windows, queries, repeat = map(int, sys.argv[1:4])
+    windows, queries, repeat, threads = map(int, sys.argv[1:5])
     group = distributed.init_from_env(cuda=False)
     world, rank = (group.world, group.rank) if group else (1, 0)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(threads)
     cpu = torch.device("cpu")
     cfg = config("small", video_dim=256, gaze_dim=512)
     torch.manual_seed(0)

@@ -96,28 +96,44 @@ def worker_runtime(runtime: RuntimeOptions, scheduler: str) -> RuntimeOptions:
     return replace(runtime, threads=max(1, (os.cpu_count() or 1) // n))
 
 
-def _index_store(bundle: str, runtime: RuntimeOptions, options: SearchOptions,
-                 store: Location) -> tuple[str, int]:
-    """The task: index one store with this worker's engine; ``(store, windows computed)``."""
+def _engine(bundle: str, runtime: RuntimeOptions, options: SearchOptions):
+    """This worker process's engine for ``bundle`` and the options (loaded once)."""
     from gazenlq.engine.search import SearchEngine
 
     key = (bundle, runtime, options)
     engine = _ENGINES.get(key)
     if engine is None:
         engine = _ENGINES[key] = SearchEngine(bundle, runtime, options)
-    return str(store), engine.index([store]).windows
+    return engine
+
+
+def _index_store(bundle: str, runtime: RuntimeOptions, options: SearchOptions,
+                 store: Location) -> tuple[str, int]:
+    """The task: index one store with this worker's engine; ``(store, windows computed)``."""
+    return str(store), _engine(bundle, runtime, options).index([store]).windows
+
+
+def load_engines(client, bundle: str | os.PathLike, *,
+                 runtime: RuntimeOptions = RuntimeOptions(),
+                 options: SearchOptions = SearchOptions()) -> None:
+    """Load the engine on every worker of ``client`` now: a bad bundle or a missing device
+    fails once, before any store is handed out."""
+    bundle = os.fspath(bundle)
+    client.wait_for_workers(1, timeout=120)
+    client.run(lambda: _engine(bundle, runtime, options) and None)
 
 
 def index_library(client, bundle: str | os.PathLike, stores: Sequence[Location], *,
                   runtime: RuntimeOptions = RuntimeOptions(),
                   options: SearchOptions = SearchOptions(), in_flight: int | None = None,
                   on_store: Callable[[], object] | None = None) -> IndexReport:
-    """Index ``stores`` on the workers of ``client`` (see the module's doc); at most
-    ``in_flight`` stores at a time (default: twice the workers). The first failing store's
-    error is raised here (the remaining tasks are cancelled)."""
+    """Index ``stores`` on the workers of ``client`` (see the module's doc; the engines are
+    loaded on every worker first); at most ``in_flight`` stores at a time (default: twice
+    the workers). The first failing store's error is raised here (the remaining tasks are
+    cancelled)."""
     distributed = _distributed()
     t0 = time.perf_counter()
-    client.wait_for_workers(1, timeout=120)
+    load_engines(client, bundle, runtime=runtime, options=options)
     workers = len(client.scheduler_info()["workers"])
     limit = in_flight or 2 * workers
     if limit < 1:
