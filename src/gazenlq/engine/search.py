@@ -16,7 +16,6 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -99,8 +98,9 @@ class _Scan:
     curves: list[np.ndarray] = field(default_factory=list)
 
 
-def stores_of(target: Target) -> list[Path]:
-    """The stores a target names: a store, the stores of a directory, or a list of stores."""
+def stores_of(target: Target) -> list[Location]:
+    """The stores a target names: a store, the stores of a directory (or URL prefix), or a
+    list of stores."""
     if isinstance(target, (str, os.PathLike)):
         return find_stores(target)
     stores = [location(t) for t in target]
