@@ -196,6 +196,7 @@ def main() -> None:
 
         args.bundle = random_bundle(config("small", video_dim=256, gaze_dim=512), OUT)
     bundle = str(args.bundle)
+    load_before = os.getloadavg()[0]
     sessions, hours = (4, 0.1) if args.quick else (8, 0.5)
     sections, summary = [], {}
     for name, (section, part) in (
@@ -205,8 +206,11 @@ def main() -> None:
         sections.append(section)
         summary[name] = part
         print(json.dumps({name: part}, default=float), flush=True)
+    load = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
+    for section in sections:  # other work on the machine changes every figure
+        section.notes += f" Load average (1 min) at the start / end of the run: {load}."
     write_result("cluster", "Beyond one machine: Dask indexing, S3 stores, DDP training",
-                 sections, summary={**summary, "bundle": bundle},
+                 sections, summary={**summary, "bundle": bundle, "loadavg": load},
                  command="python -m benchmarks.bench_cluster" + (" --quick" if args.quick
                                                                   else ""))
 
