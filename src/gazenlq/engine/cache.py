@@ -12,6 +12,10 @@ another bundle, backend or precision is never read (it is removed
 when the new one is published). A cache is written into a hidden temporary directory and
 renamed into place, so concurrent searches see a complete cache or none, never half of one,
 and a failed search leaves nothing behind.
+
+A store addressed by URL (``s3://...``) is never written to (a bucket may well be
+read-only, and a memory-mapped index must be local): its index lives in the local index
+directory, ``$GAZENLQ_INDEX_DIR`` or the user's cache directory (``index_home``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from gazenlq.atomic import owner_alive, write_json_atomic
+from gazenlq.store.remote import Location
 
 CACHE_DIR = "cache"
 META = "zarr.json"
@@ -44,6 +49,20 @@ def cache_key(producer: tuple[str, str, str], length: int, overlap: int, start: 
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
+def index_home(store: Location) -> Path:
+    """Where the index of ``store`` lives: the store itself when local, else
+    ``<index dir>/<name>-<hash of the URL>/`` (see the module's doc)."""
+    if isinstance(store, Path):
+        return store
+    root = os.environ.get("GAZENLQ_INDEX_DIR")
+    if not root:
+        from platformdirs import user_cache_dir
+
+        root = os.path.join(user_cache_dir("gazenlq"), "index")
+    digest = hashlib.sha256(store.encode()).hexdigest()[:16]
+    return Path(root) / f"{store.rsplit('/', 1)[-1]}-{digest}"
+
+
 class CachedEmbeddings:
     """A published cache: its arrays memory-mapped (read-only), its plan in ``meta``."""
 
@@ -56,9 +75,9 @@ class CachedEmbeddings:
         self.coarse = self.arrays.get("coarse_emb")
 
 
-def load(store: Path, key: str) -> CachedEmbeddings | None:
+def load(store: Location, key: str) -> CachedEmbeddings | None:
     """The cache ``key`` of ``store`` if it was published completely, else None."""
-    path = store / CACHE_DIR / key
+    path = index_home(store) / CACHE_DIR / key
     try:
         meta = _attributes(path)
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
@@ -71,9 +90,11 @@ def load(store: Path, key: str) -> CachedEmbeddings | None:
 class CacheWriter:
     """Writes one cache window by window; :meth:`publish` renames it into place."""
 
-    def __init__(self, store: Path, key: str, windows: int, shapes: dict[str, tuple[int, ...]],
-                 plan: dict) -> None:
+    def __init__(self, store: Location, key: str, windows: int,
+                 shapes: dict[str, tuple[int, ...]], plan: dict) -> None:
         """``shapes``: each array's per-window shape (names from :data:`ARRAYS`)."""
+        store = index_home(store)
+        store.mkdir(parents=True, exist_ok=True)
         self.root = store / CACHE_DIR
         for stale in store.glob(".cache-tmp-*"):
             if not owner_alive(stale):
