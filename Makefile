@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO ?= demo
 export GAZENLQ_NO_PROGRESS ?= 0
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup setup-gpu demo test test-fast bench gpu-check lint clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,train,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,train,cluster,s3,dev]'
 	touch $@
 
 # The demo's world is EgoSim's easy difficulty, 48 sessions, a 3-epoch schedule: what fits
@@ -46,6 +46,22 @@ test: $(VENV)/.dev-installed
 
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# A GPU machine (README, "Running on a GPU"): onnxruntime-gpu instead of the CPU build (the
+# two wheels conflict), TensorRT and cuda-python; PyPI's torch is the CUDA build there.
+setup-gpu: $(VENV)/.gpu-installed
+
+$(VENV)/.gpu-installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip uninstall -y -q onnxruntime
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[gpu,trt,train]'
+	touch $@
+
+# Every GPU path against the CPU (cpu / cuda / tensorrt / trt-native, fp32 and fp16); on a
+# machine without a GPU it says why each is skipped. Installs nothing: see setup-gpu.
+gpu-check:
+	$(BIN)/python -m benchmarks.gpu_check
 
 # Every benchmark for this machine's devices -> benchmarks/RESULTS.md (CPU: about 15 min).
 bench: $(VENV)/.dev-installed

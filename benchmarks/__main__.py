@@ -36,6 +36,7 @@ BENCHES = (
     Bench("search", "bench_search", "search latency / throughput / memory vs length and batch"),
     Bench("train", "bench_train", "training step throughput per preset and device"),
     Bench("gpu", "bench_gpu", "paper preset on every backend (CUDA / TensorRT when present)"),
+    Bench("cluster", "bench_cluster", "Dask indexing 1/2 workers, S3 vs disk search, DDP step"),
 )
 
 

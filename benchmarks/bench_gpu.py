@@ -114,14 +114,17 @@ def ground_section(model: GazeNLQ, bundle: Path, devices: Devices, batches: tupl
         fn = make()
         times = {q: measure(lambda f=feeds[q], fn=fn: fn(f), repeat=repeat, warmup=1)
                  for q in _batches(device, batches)}
+        ran_on = getattr(fn, "ran_on", "")
         if name == "PyTorch eager":
             eager[device] = times
         ref = eager.get(device)
         ratio = (", ".join(f"{ref[q].median / t.median:.2f}x" for q, t in times.items())
                  if ref and name != "PyTorch eager" else "")
+        notes = [f"ran on {ran_on}" if ran_on else "",
+                 f"PyTorch eager / this: {ratio}" if ratio else ""]
         rows.append([name, device, precision,
                      *(times[q].ms() if q in times else "-" for q in batches),
-                     f"PyTorch eager / this: {ratio}" if ratio else ""])
+                     "; ".join(n for n in notes if n)])
         summary[f"{name}|{device}|{precision}"] = {q: t.median * 1e3 for q, t in times.items()}
     return Section(f"Per-query graph, {model.cfg.grounding.hidden}-wide model, T = {length}",
                    ["backend", "device", "precision", *(f"{q} queries" for q in batches),
@@ -152,6 +155,7 @@ def _runtime_ground(runtime) -> Callable[[dict[str, np.ndarray]], object]:
     def run(feeds: dict[str, np.ndarray]) -> object:
         return runtime.ground(feeds["video_emb"], feeds.get("gaze_emb"), feeds["mask"],
                               feeds["tokens"], feeds["text_mask"])
+    run.ran_on = runtime.providers["ground"][0]  # what really ran, recorded in the row
     return run
 
 
@@ -177,10 +181,11 @@ def search_section(bundle: Path, store: Path, devices: Devices, batches: tuple[i
             queries = (QUERIES * 4)[:q]
             times[q] = measure(lambda qs=queries, e=engine: e.search(store, qs),
                                repeat=repeat, warmup=1)
+        ran_on = sorted({p[0] for p in engine.runtime.providers.values()})
         rows.append([device, precision, round(build, 3),
                      *(f"{times[q].median / q:.4f} [{times[q].p10 / q:.4f}-"
                        f"{times[q].p90 / q:.4f}]" if q in times else "-" for q in batches),
-                     ""])
+                     f"ran on {', '.join(ran_on)}"])
         summary[device] = {"index_build_s": build,
                            **{f"s_per_query_{q}": t.median / q for q, t in times.items()}}
     return Section("Search over the video, index present after the first search",

@@ -1,8 +1,10 @@
 """What this machine can run: CPU always; CUDA and TensorRT backends when present, else why not.
 
 Detection goes through the same checks the product uses (``gazenlq.training.device``,
-``gazenlq.engine.runtime.DEVICES``, ``gazenlq.bundle.trt.require_tensorrt``), so a
-benchmark skips exactly where the product would refuse, with the product's message.
+``gazenlq.engine.runtime.DEVICES`` and ``verify_providers``, ``gazenlq.bundle.trt.
+require_tensorrt``), so a benchmark skips exactly where the product would refuse, with the
+product's message. An onnxruntime provider counts only when a probe session really runs on
+it: a CPU fallback is never timed as a GPU row.
 """
 
 from __future__ import annotations
@@ -46,21 +48,53 @@ def _torch_cuda() -> tuple[bool, str]:
     return True, ""
 
 
-def _ort() -> tuple[tuple[str, ...], str, str]:
-    from gazenlq.engine.runtime import DEVICES
+def _probe_model() -> bytes:
+    """A one-node ONNX model (Identity on a float vector): enough to see which provider
+    onnxruntime really gives a session."""
+    import onnx
+    from onnx import TensorProto, helper
 
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def provider_reason(ort, device: str, model: bytes) -> str:
+    """'' when a session asked for ``device`` really runs on its provider, else why not:
+    a provider listed as available may still fail to load (missing CUDA / cuDNN /
+    TensorRT libraries), and onnxruntime then falls back to the next one silently."""
+    import warnings
+
+    from gazenlq.engine.runtime import DEVICES, verify_providers
+    from gazenlq.errors import GazeNLQError
+
+    have = ort.get_available_providers()
+    need = DEVICES[device][0]
+    if need not in have:
+        return (f"onnxruntime {ort.__version__} has no {need} (it has {', '.join(have)}); "
+                "install onnxruntime-gpu on a CUDA machine")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback warning: judged below
+        session = ort.InferenceSession(model, providers=DEVICES[device])
+    try:
+        verify_providers(device, session.get_providers(), "a probe graph")
+    except GazeNLQError as exc:
+        return str(exc)
+    return ""
+
+
+def _ort() -> tuple[tuple[str, ...], str, str]:
     try:
         import onnxruntime as ort
     except ImportError:
         return (), "onnxruntime is not installed", "onnxruntime is not installed"
-    have = tuple(ort.get_available_providers())
-    reasons = []
-    for device in ("cuda", "tensorrt"):
-        need = DEVICES[device][0]
-        reasons.append("" if need in have else
-                       f"onnxruntime {ort.__version__} has no {need} (it has "
-                       f"{', '.join(have)}); install onnxruntime-gpu on a CUDA machine")
-    return have, reasons[0], reasons[1]
+    model = _probe_model()
+    return (tuple(ort.get_available_providers()), provider_reason(ort, "cuda", model),
+            provider_reason(ort, "tensorrt", model))
 
 
 def _trt_native() -> str:

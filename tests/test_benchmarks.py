@@ -49,7 +49,7 @@ def test_gpu_section_runs_cpu_rows_and_skips_gpu_rows_with_reasons(tiny_trained,
                                                                 "cpu")]
     assert eager_cpu[3].endswith("]") and ort_cpu[3].endswith("]")  # measured, with spread
     assert eager_cpu[4] == "-"  # the CPU reference times one query per call only
-    assert ort_cpu[-1].startswith("PyTorch eager / this: ")
+    assert ort_cpu[-1].startswith("ran on CPUExecutionProvider; PyTorch eager / this: ")
     for (name, device), row in rows.items():
         available = device == "cpu" or (devices.torch_cuda if "PyTorch" in name
                                         else not devices.engine_devices[device])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gazenlq.engine import SearchEngine, SearchOptions, Timings
+from gazenlq.errors import ParameterError
 from gazenlq.nlq.annotations import load_queries
 from tests.conftest import reexported_copy, script
 
@@ -261,11 +262,22 @@ def test_native_tensorrt_engines_match_onnxruntime(tiny_trained, tiny_bundle, tm
     data, _ = tiny_trained
     bundle = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, bundle)
-    build_engines(bundle, TrtOptions(max_length=2560, opt_length=512))
+    build_engines(bundle, TrtOptions(max_length=2560, opt_length=512, max_batch=4))
     store = _stores(data)[0]
-    query = ["where did I put the knife"]
+    # more queries than the engines' max batch: the text call is split to the profile
+    queries = ["where did I put the knife", "what did I cut", "where is the cup",
+               "which drawer did I open", "who was there", "where was the pan",
+               "what did I wash", "where is the kettle", "what did I drink"]
     opts = SearchOptions(use_cache=False, write_cache=False)
-    cpu = SearchEngine(bundle, options=opts).search(store, query)
-    gpu = SearchEngine(bundle, RuntimeOptions("trt-native"), opts).search(store, query)
-    np.testing.assert_allclose([m.score for m in gpu[0].moments],
-                               [m.score for m in cpu[0].moments], atol=1e-3)
+    cpu = SearchEngine(bundle, options=opts).search(store, queries)
+    native = SearchEngine(bundle, RuntimeOptions("trt-native"), opts)
+    gpu = native.search(store, queries)
+    assert native.runtime.providers["text"] == ["TensorRT (native engine)"]
+    for g, c in zip(gpu, cpu):
+        np.testing.assert_allclose([m.score for m in g.moments],
+                                   [m.score for m in c.moments], atol=1e-3)
+    native.runtime.close()
+    with pytest.raises(ParameterError, match="window=5120: the fp32 TensorRT engines accept "
+                       "at most 2560 steps"):
+        SearchEngine(bundle, RuntimeOptions("trt-native"),
+                     SearchOptions(window=5120, use_cache=False))

@@ -18,7 +18,12 @@ import pytest
 import torch
 
 from gazenlq.bundle.manifest import MANIFEST, VERSION, TensorSpec, verify_bundle
-from gazenlq.bundle.trt import check_engine_sidecar, gpu_compute_capability, read_sidecar
+from gazenlq.bundle.trt import (
+    check_engine_sidecar,
+    engine_source,
+    gpu_compute_capability,
+    read_sidecar,
+)
 from gazenlq.export.exporter import check_bundle, export_bundle
 from gazenlq.export.onnx_export import io_problems
 from gazenlq.export.tensorrt import TrtOptions, build_engines
@@ -331,16 +336,23 @@ def _tensorrt_missing() -> str | None:
 @pytest.mark.gpu
 @pytest.mark.skipif(_tensorrt_missing() is not None, reason=_tensorrt_missing() or "")
 def test_tensorrt_engines_build_with_sidecars(exported, tmp_path):
+    """fp32 and fp16 engines, each in its own directory, each accepted by exactly the
+    check the runner makes (the graph build_plan names for this TensorRT, the precision)."""
     import tensorrt
 
     bundle = _linked_copy(exported[0], tmp_path / "bundle")
     engines = build_engines(bundle, TrtOptions(opt_length=64, max_length=256, opt_batch=2,
-                                               max_batch=4))
+                                               max_batch=4, fp16=True))
     manifest = verify_bundle(bundle)  # engines are not part of the manifest
-    assert [p.name for p in engines] == ["text.engine", "video.engine", "ground.engine"]
+    assert [f"{p.parent.name}/{p.name}" for p in engines] == [
+        f"{precision}/{g}.engine" for precision in ("fp32", "fp16")
+        for g in ("text", "video", "ground")]
     for path in engines:
+        precision = path.parent.name
         sidecar = read_sidecar(path.with_name(path.name + ".json"))
-        assert sidecar["profiles"]
+        assert sidecar["profiles"]["mask"]["max"] == [4, 256]
+        graph, _ = engine_source(manifest, path.stem, precision, tensorrt.__version__)
         check_engine_sidecar(sidecar, trt_version=tensorrt.__version__,
                              compute_capability=gpu_compute_capability() or "",
-                             onnx_sha256=manifest.files[sidecar["onnx"]].sha256)
+                             precision=precision, onnx_file=graph.file,
+                             onnx_sha256=manifest.files[graph.file].sha256)

@@ -642,6 +642,20 @@ def test_inside_paths_and_symlinks_staying_inside_are_accepted(jail):
         bundle_file(jail, "out/x")
 
 
+def test_a_tensorrt_directory_leading_out_of_the_bundle_is_refused(jail):
+    from gazenlq.bundle.trt import engine_dir, engine_path
+
+    assert engine_path(jail, "video", "fp16") == jail / "tensorrt" / "fp16" / "video.engine"
+    (jail / "tensorrt").symlink_to(jail / "out", target_is_directory=True)
+    try:
+        for where in (lambda: engine_path(jail, "video", "fp16"),
+                      lambda: engine_dir(jail, "fp32")):
+            with pytest.raises(BundleError, match="leads out of the bundle"):
+                where()
+    finally:
+        (jail / "tensorrt").unlink()
+
+
 def test_graph_output_order_in_the_manifest_does_not_mislabel_outputs(inputs, tmp_path):
     """The engine asks the graph for its outputs by the manifest's names: a manifest
     listing them in another order gives the same answers, not swapped arrays."""
@@ -661,6 +675,30 @@ def test_graph_output_order_in_the_manifest_does_not_mislabel_outputs(inputs, tm
 
 def _moments(result) -> list:
     return [[(m.video, m.start_s, m.end_s, m.score) for m in r.moments] for r in result]
+
+
+def test_one_index_location_for_local_and_url_stores(tmp_path, monkeypatch):
+    """``cache_root``: inside a local store by default; a URL store's index never in the
+    bucket (the user's cache directory); ``cache_dir`` / ``$GAZENLQ_CACHE_DIR`` for both."""
+    from platformdirs import user_cache_dir
+
+    from gazenlq.engine.cache import CACHE_ENV, cache_root
+
+    monkeypatch.delenv(CACHE_ENV, raising=False)
+    store, url = tmp_path / "v1.zarr", "s3://videos/lib/v1.zarr"
+    assert cache_root(store) == store / "cache"
+    home = cache_root(url)
+    assert home.parent.parent == Path(user_cache_dir("gazenlq")) / "index"
+    assert home.parent.name.startswith("v1.zarr-") and home.name == "cache"
+    assert cache_root("s3://other/lib/v1.zarr") != home  # same name, another URL
+    given_dir = tmp_path / "idx"
+    for target in (store, url):
+        chosen = cache_root(target, given_dir)
+        assert chosen.parent.parent == given_dir and chosen.name == "cache"
+        monkeypatch.setenv(CACHE_ENV, str(given_dir))
+        assert cache_root(target) == chosen
+        monkeypatch.delenv(CACHE_ENV)
+    assert cache_root(store, given_dir) != cache_root(url, given_dir)
 
 
 @pytest.mark.parametrize("damage", ["altered", "truncated", "missing", "metadata"])

@@ -11,7 +11,13 @@ import torch
 
 from gazenlq.errors import GazeNLQError
 from gazenlq.training import checkpoint
-from gazenlq.training.device import Precision, model_device, resolve_device, to_device
+from gazenlq.training.device import (
+    Precision,
+    autocast_dtype,
+    model_device,
+    resolve_device,
+    to_device,
+)
 from gazenlq.training.run import train
 from tests.conftest import script
 from tests.test_training_run import text, tiny_config, tiny_data  # noqa: F401 (fixtures)
@@ -45,6 +51,21 @@ def test_cpu_precision_is_a_no_op():
     with amp.autocast():
         y = torch.ones(2, 2) @ torch.ones(2, 2)
     assert y.dtype == torch.float32
+
+
+@pytest.mark.parametrize("capability,dtype", [
+    ((6, 1), torch.float16),  # Pascal (GTX 10x0)
+    ((7, 0), torch.float16),  # Volta (V100): bf16 only emulated
+    ((7, 5), torch.float16),  # Turing (T4, RTX 20x0): bf16 only emulated
+    ((8, 0), torch.bfloat16),  # Ampere (A100)
+    ((8, 6), torch.bfloat16),  # Ampere (RTX 30x0)
+    ((8, 9), torch.bfloat16),  # Ada (RTX 4090)
+    ((9, 0), torch.bfloat16),  # Hopper
+    ((12, 0), torch.bfloat16),  # Blackwell
+])
+def test_bf16_only_where_the_gpu_computes_it(capability, dtype):
+    """Issue 22: ``is_bf16_supported()`` counts emulation, so pre-Ampere GPUs got bf16."""
+    assert autocast_dtype(capability) == dtype
 
 
 def test_to_device_moves_nested_tensors_only():

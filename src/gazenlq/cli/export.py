@@ -81,14 +81,21 @@ def export(
     fp16: Annotated[bool, typer.Option(help="Also write a half-precision variant "
                                        "(*_fp16.onnx; LayerNorm and softmax in fp32).")]
     = False,
-    trt: Annotated[bool, typer.Option(help="Build TensorRT engines into BUNDLE/tensorrt "
-                                      "(needs tensorrt and an NVIDIA GPU).")] = False,
+    trt: Annotated[bool, typer.Option(help="Build TensorRT engines into BUNDLE/tensorrt/fp32 "
+                                      "(and fp16 with --fp16; needs tensorrt and an NVIDIA "
+                                      "GPU).")] = False,
     trt_min_length: Annotated[int | None, typer.Option(
         min=1, help="Profile min length in steps [default: the length multiple].")] = None,
-    trt_opt_length: Annotated[int, typer.Option(min=1, help="Profile opt length.")] = 1024,
-    trt_max_length: Annotated[int, typer.Option(min=1, help="Profile max length.")] = 2560,
-    trt_opt_batch: Annotated[int, typer.Option(min=1, help="Profile opt batch.")] = 8,
-    trt_max_batch: Annotated[int, typer.Option(min=1, help="Profile max batch.")] = 32,
+    trt_opt_length: Annotated[int | None, typer.Option(
+        min=1, help="Profile opt length [default: min(1024, max length)].")] = None,
+    trt_max_length: Annotated[int | None, typer.Option(
+        min=1, help="Profile max length: the longest --window gaze-search may use "
+                    "[default: the bundle's max length].")] = None,
+    trt_opt_batch: Annotated[int | None, typer.Option(
+        min=1, help="Profile opt batch [default: min(8, max batch)].")] = None,
+    trt_max_batch: Annotated[int | None, typer.Option(
+        min=1, help="Profile max batch: rows per engine call, larger calls are split "
+                    "[default: gaze-search's --batch default].")] = None,
     trt_workspace_gib: Annotated[float, typer.Option(min=0.1, help="Builder workspace.")]
     = 4.0,
     queries: Annotated[Path | None, typer.Option(

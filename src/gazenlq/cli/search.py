@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
+from gazenlq.engine.options import SearchOptions
 from gazenlq.progress import progress
 
 app = make_app("Answer natural-language queries over a feature store or a directory of "
@@ -37,8 +38,10 @@ def _hms(seconds: float) -> str:
 
 @app.command()
 def search(
-    target: Annotated[Path, typer.Argument(help="A feature store (video.zarr) or a directory "
-                                           "of stores searched as one library.")],
+    target: Annotated[str, typer.Argument(help="A feature store (video.zarr) or a directory "
+                                          "of stores searched as one library; or a URL "
+                                          "(s3://bucket/video.zarr, s3://bucket/prefix: "
+                                          "gazenlq[s3], credentials as for the AWS CLI).")],
     queries: Annotated[list[str] | None, typer.Argument(help="Questions in words.")] = None,
     bundle: Annotated[Path | None, typer.Option(help="Exported bundle (gaze-export); default "
                                                 "$GAZENLQ_BUNDLE, else the default bundle "
@@ -52,6 +55,11 @@ def search(
                                                     "official submission file here.")] = None,
     index: Annotated[bool, typer.Option(help="Build the per-video caches of TARGET ahead "
                                         "(no queries needed).")] = False,
+    scheduler: Annotated[str | None, typer.Option(
+        help="With --index: spread the stores over a Dask cluster (gazenlq[cluster]): "
+        "local:N starts N local worker processes, else a scheduler address "
+        "(tcp://host:8786; SLURM/PBS through dask-jobqueue, see docs/distributed.md).")
+    ] = None,
     device: Annotated[Device, typer.Option(help="Execution provider.")] = Device.cpu,
     fp16: Annotated[bool, typer.Option(help="Run the bundle's fp16 graphs.")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads.")] = None,
@@ -64,7 +72,11 @@ def search(
                                        "bundle has a coarse stage and the target exceeds one "
                                        "window.")] = Mode.auto,
     candidates: Annotated[int, typer.Option(min=1, help="Coarse to fine: spans per query "
-                                            "whose regions are grounded (M).")] = 16,
+                                            "whose regions are grounded (M).")
+                          ] = SearchOptions.candidates,
+    context: Annotated[int, typer.Option(min=0, help="Coarse to fine: steps of context "
+                                         "either side of a candidate span.")
+                       ] = SearchOptions.context,
     cache: Annotated[bool, typer.Option(help="Read and write the per-video caches in the "
                                         "stores (--no-cache: neither).")] = True,
     cache_dir: Annotated[Path | None, typer.Option(
@@ -80,7 +92,7 @@ def search(
     """Search TARGET for each query and print the best moments."""
     t_start = time.perf_counter()
     from gazenlq.bundle.default import resolve_bundle
-    from gazenlq.engine import RuntimeOptions, SearchEngine, SearchOptions
+    from gazenlq.engine import RuntimeOptions, SearchEngine
     from gazenlq.store import find_stores
 
     choice = resolve_bundle(bundle)
@@ -100,14 +112,21 @@ def search(
         fail("no query: give QUERY arguments, --queries FILE or --index")
     if submission is not None and nlq is None:
         fail("--submission needs --queries with an Ego4D NLQ JSON file")
+    runtime = RuntimeOptions(device.value, "fp16" if fp16 else "fp32", threads)
+    options = SearchOptions(top_k=top_k, window=window, overlap=overlap, batch=batch,
+                            use_cache=cache, write_cache=cache, mode=mode.value,
+                            candidates=candidates, context=context,
+                            cache_dir=None if cache_dir is None else str(cache_dir))
+    if scheduler is not None:
+        if not index or texts or nlq is not None:
+            fail("--scheduler goes with --index alone (queries are answered in one process)")
+        if not cache:
+            fail("--scheduler builds the index: drop --no-cache")
+        _index_on_cluster(scheduler, choice.path, find_stores(target), runtime, options,
+                          quiet)
+        return
     stores = find_stores(target) if texts or index else []
-    engine = SearchEngine(choice, RuntimeOptions(device.value, "fp16" if fp16 else "fp32",
-                                                 threads),
-                          SearchOptions(top_k=top_k, window=window, overlap=overlap,
-                                        batch=batch, use_cache=cache, write_cache=cache,
-                                        mode=mode.value, candidates=candidates,
-                                        cache_dir=None if cache_dir is None
-                                        else str(cache_dir)))
+    engine = SearchEngine(choice, runtime, options)
     load_s = time.perf_counter() - t_start
     if index:
         bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing",
@@ -161,6 +180,21 @@ def search(
                                                for k, v in timing.items()])
     if plot is not None:
         _plot(plot, results, answered)
+
+
+def _index_on_cluster(scheduler: str, bundle: Path, stores: list, runtime, options,
+                      quiet: bool) -> None:
+    """--index --scheduler: the stores as tasks on a Dask cluster (engine.cluster)."""
+    from gazenlq.engine.cluster import connect, index_library, worker_runtime
+
+    bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing", unit="video",
+                        quiet=quiet))
+    with connect(scheduler) as client:
+        report = index_library(client, bundle, stores, options=options,
+                               runtime=worker_runtime(runtime, scheduler),
+                               on_store=lambda: next(bar, None))
+    print(f"indexed {len(report.indexed)} store(s), {len(report.present)} already indexed, "
+          f"on {report.workers} worker(s) in {report.seconds:.1f} s")
 
 
 def _plot(path: Path, results, answered) -> None:

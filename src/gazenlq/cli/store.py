@@ -60,7 +60,8 @@ def info(
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path], typer.Argument(help="Stores to check.")],
+    paths: Annotated[list[str], typer.Argument(help="Stores to check (paths, or URLs such "
+                                               "as s3://bucket/video.zarr).")],
     shallow: Annotated[bool, typer.Option(help="Metadata only; skip reading every chunk.")]
     = False,
     cache_dir: Annotated[Path | None, typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import time
 from dataclasses import replace
@@ -18,7 +19,9 @@ app = make_app("Train GazeNLQ on feature stores: stage 1 the gaze estimator (Inf
                "ground-truth gaze maps), stage 2 the grounding model with gaze (GazeNLQ), "
                "negative gaze (GazeNLQ*), none (GroundNLQ baseline) or uniform gaze (the "
                "control: cell features without the gaze). Checkpoints are safetensors + JSON, "
-               "written atomically; --resume continues a killed run.")
+               "written atomically; --resume continues a killed run. On several processes "
+               "(DDP: gloo on CPU, NCCL on GPU): torchrun --nproc-per-node N -m "
+               "gazenlq.cli.train DATA -o OUT ...")
 
 
 class Preset(str, Enum):
@@ -36,8 +39,9 @@ def _ints(text: str) -> list[int]:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Argument(help="EgoSim dataset directory (gaze-synth OUT), or "
-                                         "a directory of stores with --train/--val/--test.")],
+    data: Annotated[str, typer.Argument(help="EgoSim dataset directory (gaze-synth OUT), or "
+                                        "a directory (or URL prefix, s3://bucket/stores) of "
+                                        "stores with --train/--val/--test.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     preset: Annotated[Preset, typer.Option(help="Model/training preset.")] = Preset.small,
     variants: Annotated[str, typer.Option(
@@ -72,20 +76,32 @@ def train(
     for v in names:
         if v not in GAZE_VARIANTS:
             fail(f"--variants: unknown variant {v!r} (expected {', '.join(GAZE_VARIANTS)})")
-    if not data.is_dir():
+    from gazenlq.store.remote import location
+
+    stores = location(data)
+    if isinstance(stores, Path) and not stores.is_dir():
         fail(f"{data}: not a directory")
     if train_ann or val_ann:
         if not (train_ann and val_ann):
             fail("--train and --val go together")
-        paths = DataPaths(data, train_ann, val_ann, test_ann)
+        paths = DataPaths(stores, train_ann, val_ann, test_ann)
+    elif isinstance(stores, str):
+        fail(f"{data}: stores at a URL need --train and --val annotation files")
     else:
+        data = stores
         paths = DataPaths.egosim(data)
         for p in (paths.stores, paths.train, paths.val):
             if not p.exists():
                 fail(f"{p}: missing (is {data} a gaze-synth dataset? else pass --train/--val)")
+    from gazenlq.training import distributed
     from gazenlq.training.device import resolve_device
 
-    resolve_device(device)  # fail before any work when the device is missing
+    # fail before any work when the device is missing
+    cuda = resolve_device(device).type == "cuda"
+    if distributed.launched() and jobs > 1:
+        fail("--jobs runs separate trainings; under torchrun every process trains the same "
+             "run (drop --jobs)")
+    distributed.init_from_env(cuda)
     cfg = replace(get_preset(preset.value), workers=workers, device=device)
     if epochs is not None:
         cfg = replace(cfg, stage2=replace(cfg.stage2, epochs=epochs,
@@ -104,6 +120,8 @@ def train(
     table["command"] = shlex.join(["gaze-train", str(data), "--out", str(out), "--preset",
                                    preset.value, "--variants", variants, "--seeds", seeds,
                                    *extra])
+    if not distributed.is_main():
+        return  # rank 0 reports
     if report is not None:
         from gazenlq.training.experiment import write_report
 
@@ -120,4 +138,14 @@ def train(
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(app, "gaze-train", argv)
+    try:
+        run(app, "gaze-train", argv)
+    finally:
+        if os.environ.get("WORLD_SIZE", "1") != "1":  # started by torchrun
+            from gazenlq.training.distributed import shutdown
+
+            shutdown()
+
+
+if __name__ == "__main__":  # torchrun --nproc-per-node N -m gazenlq.cli.train ...
+    main()

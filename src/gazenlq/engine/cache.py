@@ -7,7 +7,8 @@ float16 - as ``.npy`` files that searches memory-map (a coarse-to-fine query rea
 slices of a few windows: microseconds, where a chunked read costs a millisecond), and the
 plan as the attributes of a Zarr group's ``zarr.json`` (so that Zarr, listing the store,
 sees the cache directories as groups of its hierarchy). The key hashes the bundle's video
-graph and the precision, so a cache written by another bundle is never read (it is removed
+graph, the device (backend) and the precision that computed it, so a cache written by
+another bundle, backend or precision is never read (it is removed
 when the new one is published). A cache is written into a hidden temporary directory and
 renamed into place, so concurrent searches see a complete cache or none, never half of one,
 and a failed search leaves nothing behind.
@@ -20,7 +21,11 @@ cache a miss - it is removed, recomputed and published again, with one warning l
 Where the store cannot be written (a read-only mount), the index can live elsewhere:
 ``cache_dir`` (``--cache-dir``, ``$GAZENLQ_CACHE_DIR``) holds one directory per store, named
 for the store and the identity of its metadata file (a store rewritten in place gets a new
-one). Without it such a store is searched without writing an index, with one warning line.
+one), or for a store addressed by URL the hash of its URL. Without it a local store that
+cannot be written is searched without writing an index, with one warning line. A store
+addressed by URL (``s3://...``) is never written to (a bucket may well be read-only, and a
+memory-mapped index must be local): without ``cache_dir`` its index lives in the user's
+cache directory (``<user cache dir>/gazenlq/index/<name>-<hash of the URL>/cache``).
 Disk space for an index is reserved before it is written, so a full disk is one warning and
 no partial file, never a crash in the middle of a memory-mapped write.
 """
@@ -40,6 +45,7 @@ import numpy as np
 from gazenlq.atomic import owner_alive, write_json_atomic
 from gazenlq.bundle.hashes import HashMemo, identity, sha256_file
 from gazenlq.errors import StoreError, warn
+from gazenlq.store.remote import Location, location
 
 CACHE_DIR = "cache"
 CACHE_ENV = "GAZENLQ_CACHE_DIR"
@@ -49,21 +55,32 @@ VERSION = 3
 ARRAYS = {"video_emb": np.float32, "gaze_emb": np.float32, "coarse_emb": np.float16}
 
 
-def cache_key(video_graph_sha: str, precision: str, length: int, overlap: int, start: int,
+def cache_key(producer: tuple[str, str, str], length: int, overlap: int, start: int,
               stop: int, shapes: dict[str, tuple[int, ...]]) -> str:
-    """The index of one bundle's video graph at one precision, for one window plan and step
-    range, holding the arrays ``shapes`` (name -> per-window shape)."""
-    blob = json.dumps([video_graph_sha, precision, length, overlap, start, stop,
+    """The index computed by ``producer`` - (sha256 of the video graph, device, precision):
+    fp16 TensorRT embeddings are not fp32 CPU ones - for one window plan and step range,
+    holding the arrays ``shapes`` (name -> per-window shape)."""
+    blob = json.dumps([*producer, length, overlap, start, stop,
                        sorted((k, list(v)) for k, v in shapes.items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def cache_root(store: Path, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where the caches of ``store`` live: ``<store>/cache``, or with ``cache_dir`` (else
-    ``$GAZENLQ_CACHE_DIR``) ``<cache_dir>/<store name>-<identity>/cache``, the identity
-    hashing the store's resolved path and its metadata file's inode, size and mtime."""
+def cache_root(store: Location, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Where the caches of ``store`` live (see the module's doc). With ``cache_dir`` (else
+    ``$GAZENLQ_CACHE_DIR``): ``<cache_dir>/<store name>-<identity>/cache``, the identity
+    hashing a local store's resolved path and its metadata file's inode, size and mtime, or
+    a remote store's URL. Without it: ``<store>/cache`` for a local store, the user's cache
+    directory for a URL."""
     cache_dir = cache_dir or os.environ.get(CACHE_ENV) or None
-    store = Path(store)
+    store = location(store)
+    if isinstance(store, str):  # a URL
+        url = store
+        if cache_dir is None:
+            from platformdirs import user_cache_dir
+
+            cache_dir = os.path.join(user_cache_dir("gazenlq"), "index")
+        ident = hashlib.sha256(url.encode()).hexdigest()
+        return Path(cache_dir) / f"{url.rsplit('/', 1)[-1]}-{ident[:16]}" / CACHE_DIR
     if cache_dir is None:
         return store / CACHE_DIR
     try:
@@ -152,7 +169,7 @@ def load(root: Path, key: str) -> CachedEmbeddings | None:
     return None
 
 
-def check_caches(store: Path, cache_dir: str | os.PathLike | None = None) -> int:
+def check_caches(store: Location, cache_dir: str | os.PathLike | None = None) -> int:
     """Verify every published cache of ``store`` (sizes and sha256 against their records);
     raise :class:`StoreError` naming the first damaged file, else return how many were
     verified (caches of an older format, replaced by the next search, are not counted)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gazenlq.bundle.trt import ROWS_PER_CALL
+
 MODES = ("auto", "coarse", "exhaustive")
 
 
@@ -16,7 +18,7 @@ class SearchOptions:
     """Steps per model window (a multiple of the bundle's length multiple); default: the
     bundle's max length."""
     overlap: int = 256
-    batch: int = 32
+    batch: int = ROWS_PER_CALL
     """Rows (window x query pairs) per call of the per-query graph, at most."""
     fuse_steps: int = 8192
     """Rows x window steps per call of the per-query graph, at most: bounds memory whatever
@@ -25,13 +27,16 @@ class SearchOptions:
     write_cache: bool = True
     cache_dir: str | None = None
     """Where the per-video caches live (default: ``$GAZENLQ_CACHE_DIR``, else inside each
-    store); for libraries on read-only mounts."""
+    local store, and the user's cache directory for stores addressed by URL); for libraries
+    on read-only mounts or object storage (``engine.cache.cache_root``)."""
     prefetch: int = 2
     mode: str = "auto"
     """``coarse`` (coarse to fine: the fine model only on the best spans' regions),
     ``exhaustive`` (every window; the reference) or ``auto``: coarse wherever the bundle
     has a coarse stage and the searched steps exceed one window."""
-    candidates: int = 16
+    candidates: int = 8
     """Coarse to fine: spans per query whose regions the fine model grounds in (M)."""
-    context: int = 64
-    """Coarse to fine: steps of context either side of a span in its region."""
+    context: int = 16
+    """Coarse to fine: steps of context either side of a span in its region (before the
+    region is aligned to the bundle's length multiple). M and context were chosen on
+    EgoSim's 10-hour sessions (docs/coarse-to-fine.md)."""

@@ -38,6 +38,7 @@ from gazenlq.errors import ParameterError, StoreError, warn
 from gazenlq.nlq.annotations import Query, QueryTable, load_queries
 from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore, find_stores, plan_windows, store_path
+from gazenlq.store.remote import Location, location
 from gazenlq.timegrid import ClipSpan
 
 Target = str | os.PathLike | Sequence[str | os.PathLike]
@@ -56,7 +57,7 @@ class _Plan:
     """Steps ``[start, stop)`` of one store cut into windows of ``length`` steps, and the
     key of their cache (index)."""
 
-    path: Path
+    path: Location
     store: FeatureStore
     start: int
     stop: int
@@ -100,11 +101,12 @@ class _Scan:
     curves: list[np.ndarray] = field(default_factory=list)
 
 
-def stores_of(target: Target) -> list[Path]:
-    """The stores a target names: a store, the stores of a directory, or a list of stores."""
+def stores_of(target: Target) -> list[Location]:
+    """The stores a target names: a store, the stores of a directory (or URL prefix), or a
+    list of stores."""
     if isinstance(target, (str, os.PathLike)):
         return find_stores(target)
-    stores = [Path(t) for t in target]
+    stores = [location(t) for t in target]
     if not stores:
         raise ParameterError("target", [], "give at least one store")
     return stores
@@ -121,7 +123,8 @@ class SearchEngine:
         kernels = threading.Thread(target=_load_kernels, name="gazenlq-kernels", daemon=True)
         kernels.start()
         try:
-            self.runtime = Runtime(self.bundle.path, runtime)
+            self.runtime = Runtime(self.bundle.path, runtime, max_length=options.window,
+                                   max_batch=options.batch)
         finally:
             kernels.join()
         self.manifest = m = self.runtime.manifest
@@ -297,7 +300,7 @@ class SearchEngine:
         return scans
 
     @staticmethod
-    def _clip(path: Path, query: Query) -> ClipSpan:
+    def _clip(path: Location, query: Query) -> ClipSpan:
         """The steps of ``query``'s clip in its store: a clip outside the store's steps is
         an error, one partly outside a warning (only the covered part is searched)."""
         store = FeatureStore.open(path)
@@ -330,13 +333,15 @@ class SearchEngine:
 
     # -- the window plan and the index (per-video caches) -------------------------------
 
-    def _plan(self, store_path: Path, start: int = 0, stop: int | None = None) -> _Plan:
+    def _plan(self, store_path: Location, start: int = 0, stop: int | None = None) -> _Plan:
         """The windows of steps ``[start, stop)`` of one store and their cache key
         (remembered while the store's metadata is unchanged: a library's hundred stores
-        are not reopened for every query)."""
-        store_path = Path(store_path)
+        are not reopened for every query; a remote store is taken as unchanged while the
+        engine lives)."""
+        store_path = location(store_path)
         try:
-            stamp = (store_path / "zarr.json").stat().st_mtime_ns
+            stamp = "remote" if isinstance(store_path, str) else \
+                (store_path / "zarr.json").stat().st_mtime_ns
         except OSError:
             stamp = None  # FeatureStore.open names the problem
         memo = self._plans.get((store_path, start, stop))
@@ -346,19 +351,18 @@ class SearchEngine:
         self._plans[(store_path, start, stop)] = (stamp, plan)
         return plan
 
-    def _new_plan(self, store_path: Path, start: int, stop: int | None) -> _Plan:
+    def _new_plan(self, store_path: Location, start: int, stop: int | None) -> _Plan:
         store = FeatureStore.open(store_path)
         self._check_store(store)
         stop = store.num_steps if stop is None else stop
         n = stop - start
         length = min(self.window, pad_to(n, self.manifest.length_multiple))
         overlap = min(self.options.overlap, length - 1)
-        key = vcache.cache_key(self.manifest.files[self.manifest.graph(
-            "video", self.runtime.precision).file].sha256, self.runtime.precision,
-            length, self.options.overlap, start, stop, self._output_shapes(length))
-        return _Plan(Path(store_path), store, start, stop, length, overlap,
+        key = vcache.cache_key(self.runtime.producer("video"), length, self.options.overlap,
+                               start, stop, self._output_shapes(length))
+        return _Plan(store.path, store, start, stop, length, overlap,
                      plan_windows(n, length, overlap), key,
-                     vcache.cache_root(Path(store_path), self.options.cache_dir))
+                     vcache.cache_root(store.path, self.options.cache_dir))
 
     def _outputs(self, plan: _Plan, timings: Timings):
         """Yield ``(window, start, valid, outputs)`` for every window of ``plan``: from the

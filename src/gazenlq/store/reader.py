@@ -7,12 +7,13 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import zarr
 
 from gazenlq.errors import StoreError
+from gazenlq.store import remote
+from gazenlq.store.remote import Location
 from gazenlq.store.schema import (
     FEATURE_ARRAYS,
     GAZE_ARRAYS,
@@ -60,23 +61,27 @@ _END = object()
 class FeatureStore:
     """One video's feature store, opened read-only with its metadata checked."""
 
-    def __init__(self, path: Path, group: zarr.Group, info: StoreInfo) -> None:
+    def __init__(self, path: Location, group: zarr.Group, info: StoreInfo) -> None:
         self.path = path
         self.group = group
         self.info = info
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> FeatureStore:
-        """Open and check attributes, array presence, dtypes and shapes (no data is read)."""
-        path = Path(path)
-        if not path.is_dir():
+        """Open and check attributes, array presence, dtypes and shapes (no data is read).
+        ``path``: a directory, or a URL (``s3://bucket/video.zarr``, see ``store.remote``)."""
+        path = remote.location(path)
+        if isinstance(path, str):
+            group = remote.open_group(path)
+        elif not path.is_dir():
             raise StoreError(f"{path}: no such feature store (expected a directory NAME.zarr)")
-        if not (path / "zarr.json").is_file():
+        elif not (path / "zarr.json").is_file():
             raise StoreError(f"{path}: not a Zarr v3 group (no zarr.json)")
-        try:
-            group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)
-        except Exception as exc:  # zarr raises many types for damaged metadata
-            raise StoreError(f"{path}: cannot open as a Zarr v3 group ({exc})") from None
+        else:
+            try:
+                group = zarr.open_group(path, mode="r", zarr_format=3, use_consolidated=False)
+            except Exception as exc:  # zarr raises many types for damaged metadata
+                raise StoreError(f"{path}: cannot open as a Zarr v3 group ({exc})") from None
         info = StoreInfo.from_attrs(dict(group.attrs), str(path))
         store = cls(path, group, info)
         store._check_arrays()

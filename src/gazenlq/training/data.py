@@ -32,7 +32,7 @@ from gazenlq.timegrid import ClipSpan
 def store_for(stores: Path, video_uid: str) -> Path:
     """The store of ``video_uid`` under ``stores`` (``store_path``), which must exist."""
     path = store_path(stores, video_uid)
-    if not path.is_dir():
+    if isinstance(path, Path) and not path.is_dir():  # a URL's absence: FeatureStore.open
         raise GazeNLQError(f"{path}: no feature store for video {video_uid}")
     return path
 

@@ -1,8 +1,12 @@
 """Where training runs: device choice and mixed precision (CUDA only), one place for both.
 
 ``auto`` picks CUDA when PyTorch sees a GPU, else the CPU. On CUDA the forward pass and the
-losses run under autocast: bfloat16 where the GPU supports it (Ampere and newer, e.g. an
-RTX 4090; no loss scaling needed), else float16 with a gradient scaler. The CPU runs float32.
+losses run under autocast: bfloat16 where the GPU computes it natively (compute capability
+8.0 and newer: Ampere, Ada such as the RTX 4090, Hopper, Blackwell; no loss scaling needed),
+else float16 with a gradient scaler (:func:`autocast_dtype`). PyTorch's
+``is_bf16_supported()`` counts emulation by default and says yes on a Turing or Volta GPU,
+where bfloat16 is emulated and slow; the rule here is its ``including_emulation=False``
+answer for the training device. The CPU runs float32.
 """
 
 from __future__ import annotations
@@ -39,6 +43,15 @@ def resolve_device(name: str) -> torch.device:
                        "cuda:N)")
 
 
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def autocast_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """Mixed-precision dtype on a CUDA GPU of ``capability`` (major, minor): bfloat16 where
+    the tensor cores compute it (>= 8.0), float16 (with loss scaling) below."""
+    return torch.bfloat16 if tuple(capability) >= BF16_MIN_CAPABILITY else torch.float16
+
+
 @dataclass
 class Precision:
     """Autocast and loss scaling for one device (no-ops on the CPU)."""
@@ -51,7 +64,7 @@ class Precision:
     def for_device(cls, device: torch.device) -> Precision:
         if device.type != "cuda":
             return cls(device, None, torch.amp.GradScaler("cpu", enabled=False))
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = autocast_dtype(torch.cuda.get_device_capability(device))
         return cls(device, dtype,
                    torch.amp.GradScaler("cuda", enabled=dtype == torch.float16))
 

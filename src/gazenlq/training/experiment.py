@@ -26,6 +26,7 @@ from gazenlq.atomic import write_json_atomic
 from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
 from gazenlq.nlq.submission import Entry
+from gazenlq.training import distributed
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.data import TextFeatures
 from gazenlq.training.run import DataPaths, data_grid, load_text, train, train_stage1
@@ -168,12 +169,14 @@ def run_table(cfg: TrainConfig, data: DataPaths, out: Path, *, variants: list[st
     eval_table = tables[2] if data.test else tables[1]
     table = {"preset": preset, "split": split, "rows": rows,
              "prior_baseline": prior_baseline(tables[0], eval_table),
-             "config": cfg.to_dict(), "data": str(data.stores.parent),
+             "config": cfg.to_dict(), "data": str(data.stores if isinstance(data.stores, str)
+                                         else data.stores.parent),
              "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "machine": f"{platform.processor() or platform.machine()}, "
                         f"Python {platform.python_version()}"}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "table.json", table, indent=1)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "table.json", table, indent=1)
     return table
 
 

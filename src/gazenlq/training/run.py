@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,9 +18,10 @@ from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
 from gazenlq.nlq.submission import write_submission
 from gazenlq.store import FeatureStore, store_path
+from gazenlq.store.remote import Location
 from gazenlq.text import build_text_encoder, load_tokenizer
 from gazenlq.timegrid import TimeGrid
-from gazenlq.training import checkpoint, trainer
+from gazenlq.training import checkpoint, distributed, trainer
 from gazenlq.training.coarse import coarse_loss
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.data import (
@@ -39,9 +41,9 @@ from gazenlq.training.targets import PositiveNormaliser, grounding_loss
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Stores directory and Ego4D NLQ annotation files of the splits."""
+    """Stores directory (or URL prefix) and Ego4D NLQ annotation files of the splits."""
 
-    stores: Path
+    stores: Location
     train: Path
     val: Path
     test: Path | None = None
@@ -54,7 +56,7 @@ class DataPaths:
                    ann / "nlq_test.json")
 
 
-def _split_stores(stores: Path, table: QueryTable) -> list[Path]:
+def _split_stores(stores: Location, table: QueryTable) -> list[Location]:
     return sorted({store_path(stores, q.video_uid) for q in table})
 
 
@@ -214,10 +216,13 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
     val_items = clip_items(val_table, data.stores)
     tokens = None
     if model.estimator is not None and cfg.freeze_estimator:
-        tokens = GazeTokens.build(out / "gaze_tokens.zarr", model.estimator.to(
-            resolve_device(cfg.device)), train_items + val_items,
-            variant=cfg.grounding.gaze,
-            multiple=cfg.grounding.length_multiple, quiet=quiet)
+        if distributed.is_main():  # under torchrun: built once, by rank 0
+            GazeTokens.build(out / "gaze_tokens.zarr", model.estimator.to(
+                resolve_device(cfg.device)), train_items + val_items,
+                variant=cfg.grounding.gaze,
+                multiple=cfg.grounding.length_multiple, quiet=quiet)
+        distributed.barrier()
+        tokens = GazeTokens(out / "gaze_tokens.zarr")
     dataset = GroundingDataset(train_items, text.index, max_len=cfg.train_max_len,
                                with_gaze=model.estimator is not None and tokens is None,
                                seed=cfg.stage2.seed, gaze_tokens=tokens)
@@ -307,6 +312,9 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
     model = train_grounding(cfg, data, out, resume=resume, quiet=quiet, text=text,
                             train_table=train_table, val_table=val_table,
                             estimator_ckpt=estimator_ckpt, grid=grid)
+    if not distributed.is_main():  # rank 0 evaluates and writes; the others read its results
+        distributed.barrier()
+        return json.loads((out / "results.json").read_text())
     results["val"] = checkpoint.load_config(out / "stage2" / "best")["metrics"]
     if test_table is not None and test_table.with_text():
         items = clip_items(test_table, data.stores)
@@ -315,4 +323,5 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
         results["test"] = _recall_metrics(entries, test_table)
     results["parameters"] = sum(p.numel() for p in model.grounding.parameters())
     write_json_atomic(out / "results.json", results, indent=1)
+    distributed.barrier()
     return results

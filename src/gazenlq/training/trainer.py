@@ -1,6 +1,8 @@
 """The training loop shared by both stages: AdamW (decay on weights only), linear warm-up +
 cosine, gradient clipping, EMA, per-epoch validation, atomic checkpoints, exact resume; on
-the CPU or on CUDA with mixed precision (``gazenlq.training.device``)."""
+the CPU or on CUDA with mixed precision (``gazenlq.training.device``), in one process or
+in several under DDP (``gazenlq.training.distributed``: batches sharded per rank, rank 0
+validates and writes)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from gazenlq.atomic import write_json_atomic
 from gazenlq.progress import progress
-from gazenlq.training import checkpoint
+from gazenlq.training import checkpoint, distributed
 from gazenlq.training.config import OptimConfig
 from gazenlq.training.device import Precision, to_device
 
@@ -92,13 +94,14 @@ class Stage:
 
 def train_step(model: nn.Module, batch: Any,
                step: Callable[[nn.Module, Any], dict[str, torch.Tensor]],
-               opt: torch.optim.Optimizer, amp: Precision, clip_grad: float
-               ) -> dict[str, torch.Tensor]:
-    """One optimizer step: losses under autocast, (scaled) backward, clipping, update."""
+               opt: torch.optim.Optimizer, amp: Precision, clip_grad: float,
+               weight: float = 1.0) -> dict[str, torch.Tensor]:
+    """One optimizer step: losses under autocast, (scaled) backward of ``weight`` x the
+    loss, clipping, update."""
     with amp.autocast():
         losses = step(model, batch)
     opt.zero_grad(set_to_none=True)
-    amp.scaler.scale(losses["loss"]).backward()
+    amp.scaler.scale(losses["loss"] * weight if weight != 1.0 else losses["loss"]).backward()
     amp.scaler.unscale_(opt)
     groups = model.clip_groups() if hasattr(model, "clip_groups") else [model.parameters()]
     for group in groups:
@@ -132,9 +135,16 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
 
     With ``resume`` the run continues from ``out/last`` exactly (weights, EMA, optimizer,
     schedule, RNG, data order). ``stop_after_epoch`` ends early (used to test resumption).
-    Returns the per-epoch history.
+    Returns the per-epoch history. Under torchrun (a process group, see
+    ``training.distributed``) every rank takes its share of each batch and rank 0 alone
+    validates and writes.
     """
     cfg, device = stage.optim, stage.device
+    group = distributed.current()
+    main = group is None or group.rank == 0
+    quiet = quiet or not main
+    if group is not None and device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
     model = stage.model.to(device)
     amp = Precision.for_device(device)
     n = len(stage.dataset)
@@ -160,12 +170,22 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
         stage.load_extra_state(st["trainer"]["extra"])
     else:
         torch.manual_seed(cfg.seed)
+    step = stage.step
+    if group is not None:
+        net = distributed.wrap(model, stage.step, device)
+
+        def step(_: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+            return net(batch)
     for epoch in range(start_epoch, cfg.epochs):
         if hasattr(stage.dataset, "set_epoch"):
             stage.dataset.set_epoch(epoch)
         order = _epoch_order(n, cfg.seed, epoch)
+        batches = [order[i:i + cfg.batch_size] for i in range(0, n, cfg.batch_size)]
+        real = [True] * len(batches)
+        if group is not None:
+            batches, real = map(list, zip(*(distributed.shard(b, group) for b in batches)))
         loader = torch.utils.data.DataLoader(
-            stage.dataset, batch_size=cfg.batch_size, sampler=order,
+            stage.dataset, batch_sampler=batches,
             collate_fn=stage.collate, num_workers=stage.workers,
             persistent_workers=False, pin_memory=device.type == "cuda")
         model.train()
@@ -173,12 +193,21 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
         items, t0 = 0, time.perf_counter()
         bar = progress(loader, total=steps_per_epoch, desc=f"{stage.name} {epoch + 1}/"
                        f"{cfg.epochs}", unit="batch", quiet=quiet)
-        for batch in bar:
-            n_items = stage.items_per_batch(batch)
-            if n_items == 0:
+        for has_items, batch in zip(real, bar):
+            n_items = stage.items_per_batch(batch) if has_items else 0
+            weight = 1.0
+            if group is not None:  # this rank's share of the whole batch's items
+                total = distributed.all_sum(n_items, device)
+                if total == 0:
+                    continue
+                weight = group.world * n_items / total
+                batch = to_device(batch, device) if n_items else None
+                n_items = int(total) if main else n_items  # rank 0 reports the whole batch
+            elif n_items == 0:
                 continue  # e.g. stage-2 windows without any answer
-            losses = train_step(model, to_device(batch, device), stage.step, opt, amp,
-                                cfg.clip_grad)
+            else:
+                batch = to_device(batch, device)
+            losses = train_step(model, batch, step, opt, amp, cfg.clip_grad, weight)
             sched.step()
             ema.update(model)
             for k, v in losses.items():
@@ -188,34 +217,36 @@ def run(stage: Stage, out: Path, *, resume: bool = False, quiet: bool = False,
                 bar.set_postfix(loss=f"{float(losses['loss'].detach()):.3f}",
                                 rate=f"{items / (time.perf_counter() - t0):.1f}/s")
         seconds = time.perf_counter() - t0
-        metrics = stage.validate(ema.copy_of(model))
-        row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": seconds,
-               "device": str(device), "precision": amp.name,
-               "items_per_s": items / seconds,
-               **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
-               **{f"val_{k}": v for k, v in metrics.items()}}
-        history.append(row)
-        score = metrics[stage.score]
-        improved = best is None or (score > best if stage.higher_is_better else score < best)
-        if improved:
-            best = score
-        weights = ema.state_dict(model)
-        conf = {**stage.config, "epoch": epoch + 1, "metrics": metrics}
-        if improved:
-            checkpoint.save(out / "best", config=conf, weights=weights)
-        optim_tensors, optim_meta = checkpoint.flatten_optimizer(opt)
-        checkpoint.save(out / "last", config=conf, weights=weights, resume={
-            "raw": model.state_dict(), "optim": optim_tensors,
-            "rng": _rng_state(device),
-            "trainer": {"epoch": epoch, "history": history, "best": best,
-                        "optim": optim_meta, "sched": sched.state_dict(),
-                        "scaler": amp.scaler.state_dict(), "extra": stage.extra_state()}})
-        _write_log(out, history)
-        if not quiet:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
-                              if k.startswith(("train_loss", "val_")))
-            print(f"{stage.name} epoch {epoch + 1}/{cfg.epochs}: {shown} "
-                  f"({seconds:.0f} s, {row['items_per_s']:.1f} items/s)", file=sys.stderr)
+        if main:  # validation and every write: rank 0 only
+            metrics = stage.validate(ema.copy_of(model))
+            row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "seconds": seconds,
+                   "device": str(device), "precision": amp.name,
+                   "items_per_s": items / seconds,
+                   **{f"train_{k}": v / steps_per_epoch for k, v in sums.items()},
+                   **{f"val_{k}": v for k, v in metrics.items()}}
+            history.append(row)
+            score = metrics[stage.score]
+            improved = best is None or (score > best if stage.higher_is_better else score < best)
+            if improved:
+                best = score
+            weights = ema.state_dict(model)
+            conf = {**stage.config, "epoch": epoch + 1, "metrics": metrics}
+            if improved:
+                checkpoint.save(out / "best", config=conf, weights=weights)
+            optim_tensors, optim_meta = checkpoint.flatten_optimizer(opt)
+            checkpoint.save(out / "last", config=conf, weights=weights, resume={
+                "raw": model.state_dict(), "optim": optim_tensors,
+                "rng": _rng_state(device),
+                "trainer": {"epoch": epoch, "history": history, "best": best,
+                            "optim": optim_meta, "sched": sched.state_dict(),
+                            "scaler": amp.scaler.state_dict(), "extra": stage.extra_state()}})
+            _write_log(out, history)
+            if not quiet:
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items()
+                                  if k.startswith(("train_loss", "val_")))
+                print(f"{stage.name} epoch {epoch + 1}/{cfg.epochs}: {shown} "
+                      f"({seconds:.0f} s, {row['items_per_s']:.1f} items/s)", file=sys.stderr)
+        distributed.barrier()
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
     return history
