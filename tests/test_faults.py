@@ -912,3 +912,12 @@ def test_query_files_are_read_by_content_and_partial_clips_warned(inputs, tmp_pa
         "only partly inside" in lines[0], lines
     entries = load_submission(tmp_path / "sub.json")
     assert entries and all(0.0 <= a <= b <= 60.0 for e in entries for a, b in e.predicted_times)
+    # a clip ending exactly with its video is covered (its last steps' windows would run
+    # past the end, so the grid has none there): no warning
+    _one_clip(s, end - 60.0, end)(raw)
+    nlq.write_text(json.dumps(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        search.main([str(s.parent), "--queries", str(nlq), "--bundle", str(bundle),
+                     "--no-cache", "--submission", str(tmp_path / "sub.json"), "--quiet"])
+    assert capsys.readouterr().err == ""

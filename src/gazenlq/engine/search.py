@@ -312,9 +312,12 @@ class SearchEngine:
             raise StoreError(f"{where} lies outside the store's {store.num_steps} steps "
                              f"({grid.to_seconds(store.num_steps):g} s); is it the store of "
                              f"video {query.video_uid}?")
-        # the official slicing is end-inclusive: a clip ending with its video asks for
-        # one step past the last, which Python slicing drops without a word
-        if span.first > max(want.start, 0) or span.stop < want.stop - 1:
+        # the official slicing is end-inclusive and the grid's last steps need a whole
+        # window of frames: a clip ending with its video asks for steps past the last,
+        # yet its whole time is covered
+        end_s = query.clip_window[1]
+        if span.first > max(want.start, 0) or (span.stop < want.stop - 1
+                                               and end_s > store.info.duration_s + 1e-6):
             warn(f"{where} is only partly inside the store's {store.num_steps} steps "
                  f"({grid.to_seconds(store.num_steps):g} s); searching steps "
                  f"{span.first}-{span.stop} of {want.start}-{want.stop}")
