@@ -18,7 +18,8 @@ from gazenlq.errors import MissingDependencyError
 
 ANN_MIN_SPANS = 5_000
 """Library size (spans) from which ``SearchOptions.ann_min_spans=None`` uses the ANN index:
-the crossover measured by benchmarks/bench_ann.py (64 queries per call)."""
+the crossover measured by benchmarks/bench_ann.py - the smallest size at which ANN was
+faster at 1 and at 64 queries per call in every run (docs/coarse-to-fine.md)."""
 PROBES = 64
 """Inverted lists searched per query (faiss ``nprobe``): recall@8 >= 0.99 on the benched
 libraries (16 probes gave 0.92-0.96)."""
