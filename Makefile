@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.dev-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,train,cluster,s3,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,train,cluster,s3,ann,dev]'
 	touch $@
 
 # The demo's world is EgoSim's easy difficulty, 48 sessions, a 3-epoch schedule: what fits

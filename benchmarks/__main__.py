@@ -37,6 +37,7 @@ BENCHES = (
     Bench("train", "bench_train", "training step throughput per preset and device"),
     Bench("gpu", "bench_gpu", "paper preset on every backend (CUDA / TensorRT when present)"),
     Bench("cluster", "bench_cluster", "Dask indexing 1/2 workers, S3 vs disk search, DDP step"),
+    Bench("ann", "bench_ann", "coarse span search: exact BLAS vs ANN, recall, crossover"),
 )
 
 

@@ -77,6 +77,10 @@ def search(
     context: Annotated[int, typer.Option(min=0, help="Coarse to fine: steps of context "
                                          "either side of a candidate span.")
                        ] = SearchOptions.context,
+    ann_min_spans: Annotated[int | None, typer.Option(
+        min=0, help="Coarse to fine: search the library's spans approximately (faiss, "
+        "pip install 'gazenlq[ann]') from this many spans on; 0: always exact. Default: "
+        "from the measured crossover when the extra is installed.")] = None,
     cache: Annotated[bool, typer.Option(help="Read and write the per-video caches in the "
                                         "stores (--no-cache: neither).")] = True,
     cache_dir: Annotated[Path | None, typer.Option(
@@ -116,7 +120,8 @@ def search(
     options = SearchOptions(top_k=top_k, window=window, overlap=overlap, batch=batch,
                             use_cache=cache, write_cache=cache, mode=mode.value,
                             candidates=candidates, context=context,
-                            cache_dir=None if cache_dir is None else str(cache_dir))
+                            cache_dir=None if cache_dir is None else str(cache_dir),
+                            ann_min_spans=ann_min_spans)
     if scheduler is not None:
         if not index or texts or nlq is not None:
             fail("--scheduler goes with --index alone (queries are answered in one process)")

@@ -40,10 +40,14 @@ class Region:
 
 
 class SpanIndex:
-    """The spans of a library, one row each, scored exactly by a matrix product."""
+    """The spans of a library, one row each, scored exactly by a matrix product - or, from
+    ``ann_min_spans`` spans on, searched with an approximate index (engine/ann.py, built on
+    first use and kept with this index: the engine memoises one per library)."""
 
-    def __init__(self, stores: list[StoreSpans], span: int) -> None:
-        self.stores, self.span = stores, span
+    def __init__(self, stores: list[StoreSpans], span: int, *,
+                 ann_min_spans: int | None = None) -> None:
+        self.stores, self.span, self.ann_min_spans = stores, span, ann_min_spans
+        self._ann = None
         rows, owner, window, index = [], [], [], []
         for s, st in enumerate(stores):
             n = st.emb.shape[1]
@@ -75,6 +79,32 @@ class SpanIndex:
         part = np.argpartition(-scores, m - 1, axis=1)[:, :m]
         order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable")
         return np.take_along_axis(part, order, 1)
+
+    def uses_ann(self) -> bool:
+        """Whether :meth:`nearest` searches approximately: ``ann_min_spans`` None means from
+        ``ANN_MIN_SPANS`` spans when the ``ann`` extra is installed, 0 never, N > 0 from N
+        spans (and the extra is required: MissingDependencyError names it)."""
+        from gazenlq.engine import ann
+
+        if self.ann_min_spans is None:
+            return len(self) >= ann.ANN_MIN_SPANS and ann.available()
+        return 0 < self.ann_min_spans <= len(self)
+
+    def nearest(self, queries: np.ndarray, m: int) -> np.ndarray:
+        """``[Q, min(m, N)]`` rows of each query's best spans, best first: exact (``top``
+        of ``scores``) or, where :meth:`uses_ann`, from the approximate index; a query the
+        index cannot fill is answered exactly."""
+        if not self.uses_ann():
+            return self.top(self.scores(queries), m)
+        if self._ann is None:
+            from gazenlq.engine.ann import SpanANN
+
+            self._ann = SpanANN(self.emb)
+        rows = self._ann.top(queries, m)
+        short = np.nonzero((rows < 0).any(axis=1))[0]
+        if len(short):
+            rows[short] = self.top(self.scores(np.asarray(queries)[short]), m)
+        return rows
 
     def regions(self, rows: np.ndarray, *, context: int, multiple: int) -> list[Region]:
         """The regions of the spans ``rows``: each span +- ``context`` steps, start aligned

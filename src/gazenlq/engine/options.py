@@ -40,3 +40,8 @@ class SearchOptions:
     """Coarse to fine: steps of context either side of a span in its region (before the
     region is aligned to the bundle's length multiple). M and context were chosen on
     EgoSim's 10-hour sessions (docs/coarse-to-fine.md)."""
+    ann_min_spans: int | None = None
+    """Coarse to fine: search the library's spans approximately (faiss, the ``ann`` extra)
+    once it holds this many; below, and always with 0, the search is exact. None: from
+    ``gazenlq.engine.ann.ANN_MIN_SPANS`` (the measured crossover) when the extra is
+    installed, else exact; N > 0 asks for ANN and needs the extra."""

@@ -500,9 +500,10 @@ class SearchEngine:
         else:
             library = SpanIndex([StoreSpans(p.path, c.coarse, np.array(
                 [a for a, _ in p.windows]), np.array([b - a for a, b in p.windows]))
-                for p, c in zip(plans, indexes)], self.coarse["span"])
+                for p, c in zip(plans, indexes)], self.coarse["span"],
+                ann_min_spans=self.options.ann_min_spans)
             self._library = (key, library)
-        top = library.top(library.scores(query_emb), self.options.candidates)
+        top = library.nearest(query_emb, self.options.candidates)
         t.coarse += time.perf_counter() - t0
         by_plan: dict[int, list[_Row]] = defaultdict(list)
         multiple = self.manifest.length_multiple
