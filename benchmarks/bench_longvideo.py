@@ -342,8 +342,9 @@ def main() -> None:
 
     # cold start and memory: fresh processes (GazeNLQ bundle, index present)
     cold = Section("Cold start: new process to first printed answer (index present)",
-                   ["target", "median s", "min-max s", "of which imports s",
-                    "engine load s", "search s"])
+                   ["target", "to first printed answer, median s", "min-max s",
+                    "of which imports s", "engine load s", "search s",
+                    "process start to exit s"])
     mem = Section("Peak memory of one coarse-to-fine search in a fresh process (VmHWM)",
                   ["target", "hours", "MiB"])
     peaks = {}
@@ -352,22 +353,27 @@ def main() -> None:
                  "--quiet", "--json", "--explain"]
         runs_ = [search_child(args_) for _ in range(3)]
         walls = [w for _, _, w in runs_]
+        firsts = [r["first_output_s"] for r, _, _ in runs_]
         report, stdout, _ = runs_[len(runs_) // 2]
         doc = {**report, **json.loads(stdout)}
         peaks[hours] = statistics.median(r["peak_kib"] for r, _, _ in runs_) / 1024
         mem.rows.append([label, hours, round(peaks[hours], 1)])
         if label != f"{lib_hours} h library":
-            cold.rows.append([label, round(statistics.median(walls), 3),
-                              f"{min(walls):.3f}-{max(walls):.3f}", round(doc["import"], 3),
+            cold.rows.append([label, round(statistics.median(firsts), 3),
+                              f"{min(firsts):.3f}-{max(firsts):.3f}", round(doc["import"], 3),
                               round(doc["timings"]["load"], 3),
-                              round(doc["timings"]["total"] - doc["timings"]["load"], 3)])
+                              round(doc["timings"]["total"] - doc["timings"]["load"], 3),
+                              round(statistics.median(walls), 3)])
     if 1 in peaks and lib_hours in peaks:
         mem.notes = (f"{lib_hours} h / 1 h peak = {peaks[lib_hours] / peaks[1]:.2f}: the "
                      "library's span matrix is in memory, the embeddings are memory-mapped "
                      "and only the candidates' regions are read.")
-    cold.notes = ("Wall time of `python -c 'gazenlq.cli.search.main(...)'`: the interpreter, "
-                  "imports, bundle verification (sha256 of every file), ONNX Runtime "
-                  "sessions, Numba kernel loading, the search and printing.")
+    cold.notes = ("`python -c 'gazenlq.cli.search.main(...)'` from starting the process to "
+                  "the first line of its answer on stdout: the interpreter, imports, bundle "
+                  "verification (sha256 remembered per file identity), ONNX Runtime "
+                  "sessions (text and ground; Numba's kernels load beside them), the search "
+                  "and printing. The last column adds the interpreter's exit, which the "
+                  "gaze-search console script skips once its output is flushed.")
     plots = _plots(lat_plot, curve)
     write_result("longvideo", "Long videos: coarse-to-fine search (EgoSim long-video split)",
                  [index, acc, lat, thr, cold, mem], plots=plots,

@@ -200,11 +200,20 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "import": t_import,
 
 def search_child(args: list[str]) -> tuple[dict, str, float]:
     """``gaze-search ARGS`` in a fresh process: its self-report (seconds, seconds spent
-    importing, peak memory in KiB), its stdout and the wall time including the interpreter."""
+    importing, peak memory in KiB, and ``first_output_s``: from starting the process to
+    the first line of its answer on stdout), its stdout and the wall time including the
+    interpreter's start and exit."""
     import subprocess
 
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _SEARCH_CHILD, *args], capture_output=True,
-                         text=True, check=True)
+    with subprocess.Popen([sys.executable, "-c", _SEARCH_CHILD, *args], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        first = proc.stdout.readline()
+        first_s = time.perf_counter() - t0
+        stdout = first + proc.stdout.read()
+        stderr = proc.stderr.read()
     wall = time.perf_counter() - t0
-    return json.loads(out.stderr.strip().splitlines()[-1]), out.stdout, wall
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, args, stdout, stderr)
+    return ({**json.loads(stderr.strip().splitlines()[-1]), "first_output_s": first_s},
+            stdout, wall)

@@ -218,5 +218,6 @@ def _plot(path: Path, results, answered) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run(app, "gaze-search", argv, flags={"queries": "QUERY", "target": "TARGET"})
+    run(app, "gaze-search", argv, flags={"queries": "QUERY", "target": "TARGET"},
+        fast_exit=True)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ from gazenlq.timegrid import EGO4D, TimeGrid
 
 _COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
 _GAZE_TYPE_FILL = 255  # not a GazeType: a missing chunk reads as invalid
+ABORT_TRIES, ABORT_SETTLE_S = 20, 0.05
+"""A failed write's partial store is removed until it stays gone, for at most ~1 s."""
 
 
 def partial_paths(path: Path) -> list[Path]:
@@ -191,9 +194,15 @@ class StoreWriter:
         return self.path
 
     def abort(self) -> None:
-        """Discard everything written so far."""
+        """Discard everything written so far. Zarr writes chunks concurrently on its I/O
+        loop: when one fails (a full disk), its siblings may still land after a first
+        removal, so the partial store is removed until it stays gone (a bounded wait)."""
         self._done = True
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        for _ in range(ABORT_TRIES):
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            time.sleep(ABORT_SETTLE_S)
+            if not self._tmp.exists():
+                return
 
     def __enter__(self) -> StoreWriter:
         return self
