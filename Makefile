@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,train]'
 	touch $@
 
-$(VENV)/.dev-installed: $(VENV)/.installed
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[engine,train,cluster,s3,ann,dev]'
+# The test tools resolve against constraints-dev.txt: the versions the suite last passed with.
+$(VENV)/.dev-installed: $(VENV)/.installed constraints-dev.txt
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c constraints-dev.txt \
+		-e '.[engine,train,cluster,s3,ann,dev]'
 	touch $@
 
 # The demo's world is EgoSim's easy difficulty, 48 sessions, a 3-epoch schedule: what fits
