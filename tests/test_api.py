@@ -229,3 +229,17 @@ def test_headline_command_finds_the_default_bundle(tiny_trained, tiny_bundle, tm
                  env={**env, "GAZENLQ_BUNDLE": str(tiny_bundle)})
     doc = json.loads(given.stdout)
     assert doc["bundle"] == str(tiny_bundle) and doc["bundle_source"] == "$GAZENLQ_BUNDLE"
+
+
+def test_a_search_served_by_its_index_never_imports_zarr(tiny_trained, tiny_bundle, tmp_path):
+    """With the index present no feature is read, so Zarr (a fifth of a cold start) stays
+    unimported; a search without it does read the features through Zarr."""
+    data, _ = tiny_trained
+    store = sorted(data.stores.glob("*.zarr"))[0]
+    code = ("import sys; from gazenlq.engine import SearchEngine; "
+            f"e = SearchEngine.from_bundle({str(tiny_bundle)!r}, cache_dir={str(tmp_path)!r}); "
+            f"r = e.search({str(store)!r}, 'where did I put the bulb'); "
+            "assert r[0].moments; print('zarr' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.strip() for _ in range(2)]
+    assert runs == ["True", "False"]  # the first builds the index from the features

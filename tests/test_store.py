@@ -334,3 +334,26 @@ def test_windows_of_a_step_range(tmp_path, start, stop):
                                       data["video"][w.start:w.stop])
     with pytest.raises(StoreError, match="outside"):
         list(store.windows(60, 12, start=10, stop=400))
+
+
+def test_metadata_read_without_zarr_is_zarrs(good, tmp_path):
+    """The store's own reading of its metadata documents gives Zarr's shapes, dtypes and
+    array names, for both dtypes and with the gaze arrays absent."""
+    plain = write(tmp_path / "plain.zarr", make_data(90, dtype="float32"), with_gaze=False)
+    for path in (good, plain):
+        group = zarr.open_group(path, mode="r")
+        want = {name: (a.shape, np.dtype(a.dtype)) for name, a in group.arrays()}
+        got = {name: (a.shape, a.dtype) for name, a in FeatureStore.open(path).arrays.items()}
+        assert got == want
+
+
+@pytest.mark.parametrize("damage", ["not json {", '{"zarr_format": 2}', '[1, 2]',
+                                    '{"zarr_format": 3, "node_type": "array", "shape": "x", '
+                                    '"data_type": "float16"}'])
+def test_damaged_array_metadata_is_one_line(good, damage):
+    meta = good / "video_features" / "zarr.json"
+    meta.write_text(damage)
+    with pytest.raises(StoreError) as exc:
+        FeatureStore.open(good)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(good / "video_features") in msg and "Zarr v3" in msg

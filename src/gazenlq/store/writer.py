@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
 
 from gazenlq.atomic import owner_alive
 from gazenlq.errors import StoreError
@@ -29,7 +27,9 @@ from gazenlq.store.schema import (
 )
 from gazenlq.timegrid import EGO4D, TimeGrid
 
-_COMPRESSOR = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+COMPRESSOR = {"cname": "zstd", "clevel": 3, "shuffle": "bitshuffle"}
+"""Blosc settings of every array (Zarr is imported only by a writer: readers of an index
+never need it)."""
 _GAZE_TYPE_FILL = 255  # not a GazeType: a missing chunk reads as invalid
 ABORT_TRIES, ABORT_SETTLE_S = 20, 0.05
 """A failed write's partial store is removed until it stays gone, for at most ~1 s."""
@@ -96,6 +96,9 @@ class StoreWriter:
             raise
 
     def _create(self, video_dim: int, gaze_dim: int, dtype: str, chunk_steps: int) -> None:
+        import zarr
+        from zarr.codecs import BloscCodec
+
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         self._group.attrs.update({"schema": "gazenlq.feature-store", "complete": False})
         # each feature axis its own name: xarray.open_zarr maps one name to one size
@@ -107,7 +110,7 @@ class StoreWriter:
         self._arrays = {
             name: self._group.create_array(
                 name, shape=(0, *tail), dtype=dt, chunks=(chunk_steps, *tail),
-                compressors=_COMPRESSOR, fill_value=fill, dimension_names=dims,
+                compressors=BloscCodec(**COMPRESSOR), fill_value=fill, dimension_names=dims,
                 config={"write_empty_chunks": True})
             for name, (tail, dt, dims, fill) in specs.items()
         }
