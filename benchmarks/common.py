@@ -198,15 +198,34 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "import": t_import,
 """
 
 
-def search_child(args: list[str]) -> tuple[dict, str, float]:
-    """``gaze-search ARGS`` in a fresh process: its self-report (seconds, seconds spent
-    importing, peak memory in KiB, and ``first_output_s``: from starting the process to
-    the first line of its answer on stdout), its stdout and the wall time including the
-    interpreter's start and exit."""
+def engine_python() -> str:
+    """The interpreter of an engine-only install (``pip install gazenlq[engine]``: what a
+    search machine has, without PyTorch and the training extras), made once under
+    ``benchmarks/out/engine-venv`` with the versions of ``constraints-dev.txt``."""
+    import subprocess
+    import venv
+
+    home = ROOT / "out" / "engine-venv"
+    python = home / "bin" / "python"
+    if not (home / ".installed").is_file():
+        venv.create(home, with_pip=True, clear=True)
+        repo = ROOT.parent
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-c", str(repo / "constraints-dev.txt"), "-e", f"{repo}[engine]"],
+                       check=True)
+        (home / ".installed").touch()
+    return str(python)
+
+
+def search_child(args: list[str], python: str = sys.executable) -> tuple[dict, str, float]:
+    """``gaze-search ARGS`` in a fresh process of ``python``: its self-report (seconds,
+    seconds spent importing, peak memory in KiB, and ``first_output_s``: from starting the
+    process to the first line of its answer on stdout), its stdout and the wall time
+    including the interpreter's start and exit."""
     import subprocess
 
     t0 = time.perf_counter()
-    with subprocess.Popen([sys.executable, "-c", _SEARCH_CHILD, *args], text=True,
+    with subprocess.Popen([python, "-c", _SEARCH_CHILD, *args], text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         first = proc.stdout.readline()
         first_s = time.perf_counter() - t0
