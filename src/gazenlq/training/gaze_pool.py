@@ -89,6 +89,6 @@ def attention_kl(logits: torch.Tensor, cell_mass: torch.Tensor, has_gaze: torch.
     of ``logits [B, T, C]``, P_gaze from the gaze maps' ``cell_mass [B, T, C]``; steps
     without gaze contribute nothing (zero, with a graph, when no step has gaze)."""
     p = gaze_targets(cell_mass, eps)
-    kl = (p * (torch.log(p) - torch.log_softmax(logits, dim=-1))).sum(-1)
+    kl = (torch.xlogy(p, p) - p * torch.log_softmax(logits, dim=-1)).sum(-1)  # 0 log 0 = 0
     kl = torch.where(has_gaze, kl, torch.zeros_like(kl))
     return kl.sum() / has_gaze.sum().clamp(min=1)
