@@ -169,6 +169,21 @@ def test_plan_trains_stage1_only_for_the_estimator_variants(tmp_path):
     assert jobs["gaze-s0"].after == "stage1-s0" and jobs["gaze_reg-s0"].after is None
 
 
+def test_report_lists_attention_vs_gaze_of_the_pooling_runs(tmp_path):
+    from gazenlq.training.experiment import METRICS, write_report
+
+    att = {"attn_kl": 1.25, "attn_cc": 0.375, "attn_uniform_kl": 1.625}
+    rows = [{"variant": v, "seeds": [0], "mean": dict.fromkeys(METRICS, 1.0),
+             "std": dict.fromkeys(METRICS, 0.0), "runs": {"R1@0.3": [1.0]},
+             "stage1": [None], "attention": [a], "parameters": 10**6}
+            for v, a in (("gaze_reg", att), ("none", None))]
+    write_report({"preset": "small", "split": "test", "rows": rows, "date": "today",
+                  "prior_baseline": dict.fromkeys(METRICS, 0.0)}, tmp_path / "r.md")
+    text = (tmp_path / "r.md").read_text()
+    assert "| gaze_reg | 0 | 1.250 | 0.375 | 1.625 |" in text
+    assert "Stage 1" not in text  # no estimator was trained
+
+
 def test_dataset_reads_gaze_cells_where_there_is_gaze(egosim_small):
     """Per step: the map's mass in each 16 x 16-pixel cell of the 64 x 64 map, row-major,
     and has_gaze = tracked; a store without maps has no gaze anywhere."""

@@ -211,11 +211,11 @@ def write_report(table: dict, path: Path) -> None:
     base = table["prior_baseline"]
     lines.append("| prior only (5 most common windows) | "
                  + " | ".join(f"{base[m]:.2f}" for m in METRICS) + " |")
-    lines += ["", "## Stage 1: gaze estimator (val, fixation steps)", "",
-              "| seed | KL (lower is better) | CC | centre-bias KL | centre-bias CC |",
-              "|---|---|---|---|---|"]
     gaze_rows = [r for r in table["rows"] if r["variant"] in ESTIMATOR_VARIANTS]
     if gaze_rows:
+        lines += ["", "## Stage 1: gaze estimator (val, fixation steps)", "",
+                  "| seed | KL (lower is better) | CC | centre-bias KL | centre-bias CC |",
+                  "|---|---|---|---|---|"]
         for seed, s1 in zip(gaze_rows[0]["seeds"], gaze_rows[0]["stage1"]):
             if s1:
                 lines.append(f"| {seed} | {s1['kl']:.3f} | {s1['cc']:.3f} | "
