@@ -18,10 +18,12 @@ from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print
 app = make_app("Train GazeNLQ on feature stores: stage 1 the gaze estimator (InfoNCE + KL on "
                "ground-truth gaze maps), stage 2 the grounding model with gaze (GazeNLQ), "
                "negative gaze (GazeNLQ*), none (GroundNLQ baseline) or uniform gaze (the "
-               "control: cell features without the gaze). Checkpoints are safetensors + JSON, "
-               "written atomically; --resume continues a killed run. On several processes "
-               "(DDP: gloo on CPU, NCCL on GPU): torchrun --nproc-per-node N -m "
-               "gazenlq.cli.train DATA -o OUT ...")
+               "control: cell features without the gaze); gaze_reg trains attention pooling "
+               "of the cell features towards the gaze (Gaze-VLM: no gaze or stage 1 at "
+               "inference), gaze_pool the same without the regulariser. Checkpoints are "
+               "safetensors + JSON, written atomically; --resume continues a killed run. On "
+               "several processes (DDP: gloo on CPU, NCCL on GPU): torchrun --nproc-per-node "
+               "N -m gazenlq.cli.train DATA -o OUT ...")
 
 
 class Preset(str, Enum):
@@ -45,7 +47,8 @@ def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     preset: Annotated[Preset, typer.Option(help="Model/training preset.")] = Preset.small,
     variants: Annotated[str, typer.Option(
-        help="Comma-separated: none, gaze, neg_gaze, uniform_gaze.")] = "gaze",
+        help="Comma-separated: none, gaze, neg_gaze, uniform_gaze, gaze_reg, "
+        "gaze_pool.")] = "gaze",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "0",
     train_ann: Annotated[Path | None, typer.Option("--train", help="Train NLQ JSON.")] = None,
     val_ann: Annotated[Path | None, typer.Option("--val", help="Val NLQ JSON.")] = None,
@@ -53,6 +56,9 @@ def train(
     epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-2 epochs.")] = None,
     stage1_epochs: Annotated[int | None, typer.Option(min=1, help="Override stage-1 "
                                                       "epochs.")] = None,
+    gaze_reg_weight: Annotated[float | None, typer.Option(
+        min=0, help="Lambda of gaze_reg's KL(P_gaze || A) attention regulariser (default "
+        "100, Gaze-VLM's).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, each in its own "
                                       "process with an equal share of the cores (2 suits a "
@@ -106,6 +112,8 @@ def train(
     if epochs is not None:
         cfg = replace(cfg, stage2=replace(cfg.stage2, epochs=epochs,
                                           warmup_epochs=min(cfg.stage2.warmup_epochs, epochs)))
+    if gaze_reg_weight is not None:
+        cfg = replace(cfg, pool=replace(cfg.pool, weight=gaze_reg_weight))
     if stage1_epochs is not None:
         cfg = replace(cfg, stage1=replace(cfg.stage1, epochs=stage1_epochs,
                                           warmup_epochs=min(cfg.stage1.warmup_epochs,
@@ -116,7 +124,9 @@ def train(
     table["seconds"] = round(time.perf_counter() - t0, 1)
     extra = [*(["--jobs", str(jobs)] if jobs > 1 else []),
              *(["--epochs", str(epochs)] if epochs else []),
-             *(["--stage1-epochs", str(stage1_epochs)] if stage1_epochs else [])]
+             *(["--stage1-epochs", str(stage1_epochs)] if stage1_epochs else []),
+             *(["--gaze-reg-weight", str(gaze_reg_weight)]
+               if gaze_reg_weight is not None else [])]
     table["command"] = shlex.join(["gaze-train", str(data), "--out", str(out), "--preset",
                                    preset.value, "--variants", variants, "--seeds", seeds,
                                    *extra])

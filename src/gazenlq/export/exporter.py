@@ -165,7 +165,7 @@ def _manifest(model: GazeNLQ, conf: dict, checkpoint: Path, bundle: Path,
     return Manifest(
         variant=g.gaze, model=cfg.to_dict(),
         dims={"video_dim": g.video_dim, "text_dim": g.text_dim, "hidden": g.hidden,
-              "gaze_dim": model.estimator.cfg.in_dim if model.estimator else None},
+              "gaze_dim": cfg.estimator.in_dim if model.gaze_source is not None else None},
         time_grid=checkpoint_grid(checkpoint, conf),  # the training stores' grid
         strides=g.strides, length_multiple=g.length_multiple, max_len=g.max_len,
         text={"encoder": cfg.text.name, "tokenizer": TOKENIZER,
@@ -285,6 +285,6 @@ def nlq_cases(queries: Path, stores: Path) -> Callable[[QueryTokenizer, GazeNLQ]
 
     def build(tokenizer: QueryTokenizer, model: GazeNLQ) -> list[Case]:
         return clip_cases(items, tokenizer, model.cfg.grounding.length_multiple,
-                          model.estimator is not None)
+                          model.gaze_source is not None)
 
     return build

@@ -2,9 +2,10 @@
 
 - ``text``: frozen query encoder, ``input_ids, attention_mask -> features [, query_emb]``;
 - ``video``: per-video half, ``video, mask [, gaze_features] -> video_emb [, gaze_emb]
-  [, coarse_emb]``; for the gaze variants the stage-1 estimator's gaze tokens are computed
-  inside it; ``query_emb`` and ``coarse_emb`` (models with a coarse stage) are the query
-  and span embeddings of coarse-to-fine search;
+  [, coarse_emb]``; for the gaze variants the gaze tokens (of the stage-1 estimator or
+  of the attention pool, ``GazeNLQ.gaze_source``) are computed inside it; ``query_emb``
+  and ``coarse_emb`` (models with a coarse stage) are the query and span embeddings of
+  coarse-to-fine search;
 - ``ground``: per-query half, ``video_emb, mask, tokens, text_mask [, gaze_emb] ->
   logits, distances, point_mask``; its length must be a multiple of ``length_multiple``.
 
@@ -50,7 +51,7 @@ class VideoGraph(nn.Module):
 
     def __init__(self, model: GazeNLQ) -> None:
         super().__init__()
-        self.grounding, self.estimator = model.grounding, model.estimator
+        self.grounding, self.estimator = model.grounding, model.gaze_source
         self.coarse = model.coarse
         self.variant = model.cfg.grounding.gaze
 
@@ -117,7 +118,7 @@ def load_model(path: Path) -> tuple[GazeNLQ, dict]:
 def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
     """The text, video and ground graphs of ``model`` (the table everything else reads)."""
     cfg = model.cfg.grounding
-    gaze = model.estimator is not None
+    gaze = model.gaze_source is not None
     f32, h = "float32", cfg.hidden
     seq = ("batch", "length")
     txt = ("batch", "text_length")
@@ -136,7 +137,7 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
                  TensorSpec("tokens", f32, (*txt, cfg.text_dim)),
                  TensorSpec("text_mask", "bool", txt)]
     if gaze:
-        video_in.append(TensorSpec("gaze_features", f32, (*seq, model.estimator.cfg.in_dim)))
+        video_in.append(TensorSpec("gaze_features", f32, (*seq, model.cfg.estimator.in_dim)))
         video_out.append(TensorSpec("gaze_emb", f32, (*seq, h)))
         ground_in.append(TensorSpec("gaze_emb", f32, (*seq, h)))
     valid = {o.name: "mask" for o in video_out}

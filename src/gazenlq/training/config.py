@@ -11,7 +11,12 @@ from typing import Any
 
 from gazenlq.text import TextEncoderConfig
 
-GAZE_VARIANTS: tuple[str, ...] = ("none", "gaze", "neg_gaze", "uniform_gaze")
+ESTIMATOR_VARIANTS: tuple[str, ...] = ("gaze", "neg_gaze", "uniform_gaze")
+"""Variants whose gaze tokens come from the stage-1 gaze estimator."""
+POOL_VARIANTS: tuple[str, ...] = ("gaze_reg", "gaze_pool")
+"""Variants whose gaze tokens come from attention pooling of the cell features
+(``gazenlq.training.gaze_pool``): gaze at training time only, no stage 1."""
+GAZE_VARIANTS: tuple[str, ...] = ("none", *ESTIMATOR_VARIANTS, *POOL_VARIANTS)
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,20 @@ class GazeEstimatorConfig:
     map_size: int = 64
     temperature: float = 0.07
     dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class GazePoolConfig:
+    """Gaze-VLM's attention pooling (gaze.md section 5; ``gazenlq.training.gaze_pool``): one
+    query per step attends over the ``grid`` x ``grid`` cells of the gaze features, keys and
+    query of ``dim`` values; 'gaze_reg' adds ``weight`` x KL(P_gaze || A) to the loss
+    (100 as in Gaze-VLM's released code; not tuned here), P_gaze the ground-truth gaze map
+    pooled to the cells, plus ``eps``, normalised. 'gaze_pool' is the same with weight 0."""
+
+    grid: int = 4
+    dim: int = 64
+    weight: float = 100.0
+    eps: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,9 @@ class GroundingConfig:
     max_len: int = 2560
     gaze: str = "gaze"
     """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*), 'uniform_gaze'
-    (control: the gaze pathway fed a uniform map, so the cell features without the gaze)."""
+    (control: the gaze pathway fed a uniform map, so the cell features without the gaze),
+    'gaze_reg' (Gaze-VLM: attention pooling of the cells regularised towards the gaze in
+    training, no gaze at inference) and 'gaze_pool' (its twin without the regulariser)."""
     regression_ranges: tuple[tuple[float, float], ...] = (
         (0, 4), (2, 8), (4, 16), (8, 32), (16, 64), (32, 128), (64, 10_000))
     centre_radius: float = 1.5
@@ -132,6 +153,13 @@ class TrainConfig:
     freeze_estimator: bool = True
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     """Off by default (and in checkpoints from before it existed); on in the presets."""
+    pool: GazePoolConfig = field(default_factory=GazePoolConfig)
+    """The attention pooling of the 'gaze_reg' / 'gaze_pool' variants."""
+
+    @property
+    def gaze_reg_weight(self) -> float:
+        """Lambda of the attention regulariser: ``pool.weight`` for 'gaze_reg', else 0."""
+        return self.pool.weight if self.grounding.gaze == "gaze_reg" else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

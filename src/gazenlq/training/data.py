@@ -27,6 +27,7 @@ from gazenlq.store import (
     store_path,
 )
 from gazenlq.timegrid import ClipSpan
+from gazenlq.training.estimator import cell_shares
 
 
 def store_for(stores: Path, video_uid: str) -> Path:
@@ -99,14 +100,18 @@ class GroundingDataset(torch.utils.data.Dataset):
 
     ``with_gaze`` adds the gaze-estimator input features (``gaze``); ``gaze_tokens`` (a
     ``gaze_cache.GazeTokens``) adds the frozen estimator's tokens read from its cache
-    (``gaze_tokens``) instead.
+    (``gaze_tokens``) instead. ``gaze_grid`` adds the ground-truth gaze of every step for
+    the attention regulariser (``gaze_pool``): its maps' mass in each cell of a
+    ``gaze_grid`` x ``gaze_grid`` grid (``gaze_cells``) and whether the step has gaze
+    (``has_gaze``: tracked, in a store with gaze maps).
     """
 
     def __init__(self, items: list[ClipItem], query_ids: dict[str, int], *,
-                 max_len: int | None, with_gaze: bool, seed: int, gaze_tokens=None) -> None:
+                 max_len: int | None, with_gaze: bool, seed: int, gaze_tokens=None,
+                 gaze_grid: int | None = None) -> None:
         self.clips, self.query_ids = items, query_ids
         self.max_len, self.with_gaze, self.seed = max_len, with_gaze, seed
-        self.gaze_tokens = gaze_tokens
+        self.gaze_tokens, self.gaze_grid = gaze_tokens, gaze_grid
         self.tiles = [(c, k) for c, item in enumerate(items)
                       for k in range(1 if max_len is None else -(-item.length // max_len) + 1)]
         self.epoch = 0
@@ -139,7 +144,19 @@ class GroundingDataset(torch.utils.data.Dataset):
             out["gaze"] = store.read(GAZE_INPUT, s0, s1).astype(np.float32)
         if self.gaze_tokens is not None:
             out["gaze_tokens"] = self.gaze_tokens.read(item.clip_uid, start, start + length)
+        if self.gaze_grid is not None:
+            out.update(_gaze_cells(store, s0, s1, self.gaze_grid))
         return out
+
+
+def _gaze_cells(store: FeatureStore, s0: int, s1: int, grid: int) -> dict[str, np.ndarray]:
+    """Steps ``s0:s1``'s gaze-map mass per cell ``[n, grid^2]`` and whether each has gaze."""
+    if not store.has_gaze_maps:
+        return {"gaze_cells": np.zeros((s1 - s0, grid * grid), np.float32),
+                "has_gaze": np.zeros(s1 - s0, bool)}
+    maps = torch.from_numpy(store.read(GAZE_MAPS, s0, s1).astype(np.float32))
+    return {"gaze_cells": cell_shares(maps.flatten(1), grid).numpy(),
+            "has_gaze": store.read(GAZE_TYPE, s0, s1) != GazeType.UNTRACKED}
 
 
 class TextFeatures:
@@ -182,7 +199,9 @@ class GroundingCollate:
         c = len(items)
         mask = torch.zeros(c, t, dtype=torch.bool)
         steps = {k: torch.zeros(c, t, items[0][k].shape[1])
-                 for k in ("video", "gaze", "gaze_tokens") if k in items[0]}
+                 for k in ("video", "gaze", "gaze_tokens", "gaze_cells") if k in items[0]}
+        if "has_gaze" in items[0]:
+            steps["has_gaze"] = torch.zeros(c, t, dtype=torch.bool)
         clip_of, answers, qids = [], [], []
         for j, it in enumerate(items):
             n = len(it["video"])

@@ -1,6 +1,7 @@
 """The accuracy table: variants x seeds on one dataset, with a prior-only baseline.
 
-One stage-1 estimator per seed serves both gaze variants; the text features are computed
+One stage-1 estimator per seed serves all the estimator's gaze variants (the attention-pooling
+variants and the baseline need none); the text features are computed
 once. The runs are jobs (stage 1 of a seed, then its gaze variants; the baselines at any
 time) that ``jobs`` worker processes share, each with an equal share of the cores: small
 models on a CPU use one core far better than two. Results go to ``<out>/table.json`` and,
@@ -27,7 +28,7 @@ from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
 from gazenlq.nlq.submission import Entry
 from gazenlq.training import distributed
-from gazenlq.training.config import TrainConfig
+from gazenlq.training.config import ESTIMATOR_VARIANTS, TrainConfig
 from gazenlq.training.data import TextFeatures
 from gazenlq.training.run import DataPaths, data_grid, load_text, train, train_stage1
 from gazenlq.workers import process_pool, stopped_on_error
@@ -83,15 +84,16 @@ class Job:
 
 def plan(variants: list[str], seeds: list[int], out: Path) -> list[Job]:
     """The jobs in priority order: stage 1 first (the gaze runs wait for it), baselines
-    last. Stage 1 lives in the first gaze variant's run directory."""
+    last. Stage 1 lives in the first estimator variant's run directory; only the
+    ``ESTIMATOR_VARIANTS`` need it."""
     first, stage2 = [], []
-    gaze = [v for v in variants if v != "none"]
+    gaze = [v for v in variants if v in ESTIMATOR_VARIANTS]
     for seed in seeds:
         if gaze:
             owner = out / f"{gaze[0]}-s{seed}"
             first.append(Job(f"stage1-s{seed}", gaze[0], seed, owner))
         for v in variants:
-            needs = v != "none"
+            needs = v in ESTIMATOR_VARIANTS
             stage2.append(Job(f"{v}-s{seed}", v, seed, out / f"{v}-s{seed}",
                               f"stage1-s{seed}" if needs else None,
                               owner / "stage1" / "best" if needs else None))
@@ -165,6 +167,7 @@ def run_table(cfg: TrainConfig, data: DataPaths, out: Path, *, variants: list[st
                      "mean": {m: float(np.mean(v)) for m, v in values.items()},
                      "std": {m: float(np.std(v)) for m, v in values.items()},
                      "runs": values, "stage1": [r.get("stage1") for r in mine],
+                     "attention": [_attention(r) for r in mine],
                      "parameters": mine[0]["parameters"]})
     eval_table = tables[2] if data.test else tables[1]
     table = {"preset": preset, "split": split, "rows": rows,
@@ -180,9 +183,17 @@ def run_table(cfg: TrainConfig, data: DataPaths, out: Path, *, variants: list[st
     return table
 
 
+def _attention(run: dict) -> dict | None:
+    """The attention-vs-gaze figures (val, best checkpoint) of a pooling run, else None."""
+    found = {k: v for k, v in run.get("val", {}).items() if k.startswith("attn_")}
+    return found or None
+
+
 NAMES = {"none": "no gaze (GroundNLQ baseline)", "gaze": "GazeNLQ",
          "neg_gaze": "GazeNLQ* (negative gaze)",
-         "uniform_gaze": "uniform gaze (control: cell features, no gaze)"}
+         "uniform_gaze": "uniform gaze (control: cell features, no gaze)",
+         "gaze_reg": "gaze-regularised attention pooling (Gaze-VLM; no gaze at inference)",
+         "gaze_pool": "attention pooling, unregularised (control for gaze_reg)"}
 
 
 def write_report(table: dict, path: Path) -> None:
@@ -200,15 +211,23 @@ def write_report(table: dict, path: Path) -> None:
     base = table["prior_baseline"]
     lines.append("| prior only (5 most common windows) | "
                  + " | ".join(f"{base[m]:.2f}" for m in METRICS) + " |")
-    lines += ["", "## Stage 1: gaze estimator (val, fixation steps)", "",
-              "| seed | KL (lower is better) | CC | centre-bias KL | centre-bias CC |",
-              "|---|---|---|---|---|"]
-    gaze_rows = [r for r in table["rows"] if r["variant"] != "none"]
+    gaze_rows = [r for r in table["rows"] if r["variant"] in ESTIMATOR_VARIANTS]
     if gaze_rows:
+        lines += ["", "## Stage 1: gaze estimator (val, fixation steps)", "",
+                  "| seed | KL (lower is better) | CC | centre-bias KL | centre-bias CC |",
+                  "|---|---|---|---|---|"]
         for seed, s1 in zip(gaze_rows[0]["seeds"], gaze_rows[0]["stage1"]):
             if s1:
                 lines.append(f"| {seed} | {s1['kl']:.3f} | {s1['cc']:.3f} | "
                              f"{s1['centre_bias_kl']:.3f} | {s1['centre_bias_cc']:.3f} |")
+    pooled = [(r, s, a) for r in table["rows"]
+              for s, a in zip(r["seeds"], r.get("attention", [])) if a]
+    if pooled:
+        lines += ["", "## Attention pooling vs gaze (val, fixation steps, 4 x 4 cells)", "",
+                  "| model | seed | KL (lower is better) | CC | uniform-attention KL |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {s} | {a['attn_kl']:.3f} | {a['attn_cc']:.3f} | "
+                  f"{a['attn_uniform_kl']:.3f} |" for r, s, a in pooled]
     lines += ["", "## Per-seed values", ""]
     for r in table["rows"]:
         lines.append(f"- {NAMES.get(r['variant'], r['variant'])}: R1@0.3 "

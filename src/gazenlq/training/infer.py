@@ -17,17 +17,19 @@ from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore
 from gazenlq.training.data import ClipItem, TextFeatures
 from gazenlq.training.device import model_device
 from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.gaze_pool import GazePool
 from gazenlq.training.grounding import GroundingModel
 
 
 @torch.no_grad()
-def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
+def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | GazePool | None,
                 variant: str, device: torch.device = torch.device("cpu"),
                 cached: np.ndarray | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """A clip's padded video features ``[1, T, Dv]``, mask and gaze tokens (or None), on
-    ``device``; ``cached`` gaze tokens ``[n, D]`` (``gaze_cache``) stand in for running
-    the estimator."""
+    ``device``; ``estimator`` is the model's source of gaze tokens
+    (``GazeNLQ.gaze_source``: the stage-1 estimator or the attention pool); ``cached`` gaze
+    tokens ``[n, D]`` (``gaze_cache``) stand in for running the estimator."""
     store = FeatureStore.open(item.store)
     t = pad_to(item.length, multiple)
 
@@ -51,7 +53,8 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | None,
 
 
 @torch.no_grad()
-def predict(model: GroundingModel, estimator: GazeEstimator | None, items: list[ClipItem],
+def predict(model: GroundingModel, estimator: GazeEstimator | GazePool | None,
+            items: list[ClipItem],
             text: TextFeatures, post: PostprocessConfig | None = None,
             chunk: int = 32, gaze_tokens=None) -> list[Entry]:
     """Top-k windows (clip seconds) for every query of ``items``; ``gaze_tokens`` (a

@@ -7,24 +7,31 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from gazenlq.errors import GazeNLQError
 from gazenlq.training.coarse import CoarseHeads
-from gazenlq.training.config import TrainConfig
+from gazenlq.training.config import ESTIMATOR_VARIANTS, POOL_VARIANTS, TrainConfig
 from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.gaze_pool import GazePool
 from gazenlq.training.grounding import GroundingModel
 
 
 class GazeNLQ(nn.Module):
-    """``grounding`` plus, for the gaze variants, the stage-1 ``estimator`` producing gaze
-    tokens, and the ``coarse`` heads of coarse-to-fine search when configured. One state
-    dict (``grounding.*``, ``estimator.*``, ``coarse.*``) is one checkpoint."""
+    """``grounding`` plus the source of its gaze tokens - the stage-1 ``estimator``
+    (``ESTIMATOR_VARIANTS``) or the attention ``pool`` trained with it (``POOL_VARIANTS``)
+    - and the ``coarse`` heads of coarse-to-fine search when configured. One state dict
+    (``grounding.*``, ``estimator.*`` or ``pool.*``, ``coarse.*``) is one checkpoint."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        uses_gaze = cfg.grounding.gaze != "none"
-        self.estimator = GazeEstimator(cfg.estimator) if uses_gaze else None
-        self.grounding = GroundingModel(
-            cfg.grounding, self.estimator.token_dim if self.estimator else None)
+        variant = cfg.grounding.gaze
+        uses_gaze = variant != "none"
+        self.estimator = GazeEstimator(cfg.estimator) if variant in ESTIMATOR_VARIANTS else None
+        # the pool reads the gaze features, whose width the estimator's config records
+        self.pool = GazePool(cfg.pool, cfg.estimator.in_dim) if variant in POOL_VARIANTS \
+            else None
+        source = self.gaze_source
+        self.grounding = GroundingModel(cfg.grounding, source.token_dim if source else None)
         if self.estimator is not None and cfg.freeze_estimator:
             self.estimator.requires_grad_(False)
         self.coarse = None
@@ -49,7 +56,14 @@ class GazeNLQ(nn.Module):
             self.estimator.eval()
         return self
 
+    @property
+    def gaze_source(self) -> GazeEstimator | GazePool | None:
+        """What turns the stores' gaze features into gaze tokens (None: no gaze)."""
+        return self.estimator if self.estimator is not None else self.pool
+
     def gaze_tokens(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.pool is not None:
+            return self.pool.gaze_tokens(feats, mask)
         with torch.set_grad_enabled(self.training and not self.cfg.freeze_estimator):
             return self.estimator.gaze_tokens(feats, mask, self.cfg.grounding.gaze)
 
@@ -60,6 +74,11 @@ def with_dims(cfg: TrainConfig, *, video_dim: int, gaze_dim: int, text_dim: int,
     grid = cfg.estimator.grid
     if grid and gaze_dim % (grid * grid):
         grid = None  # features without the spatial layout: embedding-only gaze tokens
+    cells = cfg.pool.grid ** 2
+    if variant in POOL_VARIANTS and gaze_dim % cells:
+        raise GazeNLQError(f"variant {variant!r} pools {cfg.pool.grid} x {cfg.pool.grid} "
+                           f"cell features, but the stores' gaze_features have width "
+                           f"{gaze_dim}, not a multiple of {cells}")
     return replace(cfg, estimator=replace(cfg.estimator, in_dim=gaze_dim, grid=grid),
                    grounding=replace(cfg.grounding, video_dim=video_dim, text_dim=text_dim,
                                      gaze=variant))

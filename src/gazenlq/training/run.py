@@ -23,7 +23,7 @@ from gazenlq.text import build_text_encoder, load_tokenizer
 from gazenlq.timegrid import TimeGrid
 from gazenlq.training import checkpoint, distributed, trainer
 from gazenlq.training.coarse import coarse_loss
-from gazenlq.training.config import TrainConfig
+from gazenlq.training.config import ESTIMATOR_VARIANTS, TrainConfig
 from gazenlq.training.data import (
     GazeWindows,
     GroundingCollate,
@@ -32,8 +32,9 @@ from gazenlq.training.data import (
     clip_items,
 )
 from gazenlq.training.device import model_device, resolve_device
-from gazenlq.training.estimator import GazeEstimator
+from gazenlq.training.estimator import GazeEstimator, cell_shares
 from gazenlq.training.gaze_cache import GazeTokens
+from gazenlq.training.gaze_pool import GazePool, attention_kl
 from gazenlq.training.infer import predict
 from gazenlq.training.model import GazeNLQ, with_dims
 from gazenlq.training.targets import PositiveNormaliser, grounding_loss
@@ -128,6 +129,33 @@ def gaze_map_metrics(estimator: GazeEstimator, windows: GazeWindows,
     return out
 
 
+def attention_metrics(pool: GazePool, windows: GazeWindows, batch: int = 32
+                      ) -> dict[str, float]:
+    """How close the pool's attention over the cells is to the gaze, on fixation steps: mean
+    KL(P_gaze || A) and CC against the ground-truth maps pooled to the same grid, and the
+    KL of a uniform attention for scale (``attn_uniform_kl``)."""
+    pool.eval()
+    device = model_device(pool)
+    g = pool.cfg.grid
+    kls, ccs, base = [], [], []
+    with torch.no_grad():
+        for b in torch.utils.data.DataLoader(windows, batch_size=batch):
+            fix = b["fixation"].numpy()
+            a = pool.attention(b["feats"].to(device)).float().cpu().numpy()[fix]
+            gt = cell_shares(b["maps"].flatten(2), g).numpy()[fix]
+            if not len(gt):
+                continue
+            a, gt = a.reshape(-1, g, g), gt.reshape(-1, g, g)
+            kls.append(kl_div(a, gt))
+            ccs.append(cc(a, gt))
+            base.append(kl_div(np.ones_like(gt), gt))
+    if not kls:
+        return {}
+    return {"attn_kl": float(np.mean(np.concatenate(kls))),
+            "attn_cc": float(np.nanmean(np.concatenate(ccs))),
+            "attn_uniform_kl": float(np.mean(np.concatenate(base)))}
+
+
 def mean_map(windows: GazeWindows) -> np.ndarray:
     """The centre-bias baseline: mean ground-truth map over tracked training steps."""
     total, n = 0.0, 0
@@ -175,9 +203,13 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
                    ) -> dict[str, torch.Tensor]:
     """Stage-2 losses of one collated batch: one video pass per window, one grounding pass
     per query (``batch["clip_of"]`` maps queries to windows). Gaze tokens come from the
-    batch when cached (frozen estimator), else from the estimator."""
-    gaze = batch.get("gaze_tokens")
-    if gaze is None and model.estimator is not None:
+    batch when cached (frozen estimator), else from the estimator or the attention pool,
+    whose attention regulariser (``gaze_pool``) joins the loss with weight
+    ``cfg.gaze_reg_weight`` (logged as ``attn_kl`` at any weight)."""
+    gaze, attn = batch.get("gaze_tokens"), None
+    if model.pool is not None:
+        gaze, attn = model.pool(batch["gaze"], batch["mask"])
+    elif gaze is None and model.estimator is not None:
         gaze = model.gaze_tokens(batch["gaze"], batch["mask"])
     v, g = model.grounding.embed_video(batch["video"], batch["mask"], gaze)
     idx = batch["clip_of"]
@@ -188,6 +220,12 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
                                  batch["tokens"], batch["text_mask"], with_match=saliency)
     losses = grounding_loss(*out[:3], batch["answers"], cfg, norm,
                             match=out[3] if saliency else None, step_mask=mask)
+    if attn is not None:
+        kl = attention_kl(attn, batch["gaze_cells"], batch["has_gaze"] & batch["mask"],
+                          model.cfg.pool.eps)
+        losses["attn_kl"] = kl.detach()
+        if model.cfg.gaze_reg_weight > 0:  # lambda 0: the regulariser adds no gradient
+            losses["loss"] = losses["loss"] + model.cfg.gaze_reg_weight * kl
     if model.coarse is not None:  # on detached inputs: the grounding model is unaffected
         losses["coarse"] = coarse_loss(model.coarse, v, g, batch["mask"], batch["tokens"],
                                        batch["text_mask"], batch["answers"], idx)
@@ -224,16 +262,23 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         distributed.barrier()
         tokens = GazeTokens(out / "gaze_tokens.zarr")
     dataset = GroundingDataset(train_items, text.index, max_len=cfg.train_max_len,
-                               with_gaze=model.estimator is not None and tokens is None,
-                               seed=cfg.stage2.seed, gaze_tokens=tokens)
+                               with_gaze=model.gaze_source is not None and tokens is None,
+                               seed=cfg.stage2.seed, gaze_tokens=tokens,
+                               gaze_grid=cfg.pool.grid if model.pool is not None else None)
     norm = PositiveNormaliser()
+    val_gaze = None
+    if model.pool is not None:  # attention vs gaze on the eye-tracked val stores
+        val_gaze = GazeWindows(_split_stores(data.stores, val_table), cfg.stage1_window)
 
     def step(m: GazeNLQ, batch: dict) -> dict[str, torch.Tensor]:
         return grounding_step(m, batch, norm)
 
     def validate(m: GazeNLQ) -> dict[str, float]:
-        return _recall_metrics(predict(m.grounding, m.estimator, val_items, text,
-                                       gaze_tokens=tokens), val_table)
+        out = _recall_metrics(predict(m.grounding, m.gaze_source, val_items, text,
+                                      gaze_tokens=tokens), val_table)
+        if val_gaze is not None and len(val_gaze):
+            out.update(attention_metrics(m.pool, val_gaze))
+        return out
 
     stage = trainer.Stage(
         name=f"stage2-{cfg.grounding.gaze}", model=model, optim=cfg.stage2, dataset=dataset,
@@ -303,11 +348,13 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
     cfg = _configure(cfg, data, train_table, text.dim, variant, seed)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"variant": variant, "seed": seed}
-    if variant != "none" and estimator_ckpt is None:
+    if variant not in ESTIMATOR_VARIANTS:
+        estimator_ckpt = None  # 'none' and the pooling variants train no stage 1
+    elif estimator_ckpt is None:
         estimator_ckpt = train_estimator(cfg, data, out, resume=resume, quiet=quiet,
                                          train_table=train_table, val_table=val_table,
                                          grid=grid)
-    if estimator_ckpt is not None and variant != "none":
+    if estimator_ckpt is not None:
         results["stage1"] = checkpoint.load_config(estimator_ckpt)["metrics"]
     model = train_grounding(cfg, data, out, resume=resume, quiet=quiet, text=text,
                             train_table=train_table, val_table=val_table,
@@ -318,7 +365,7 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
     results["val"] = checkpoint.load_config(out / "stage2" / "best")["metrics"]
     if test_table is not None and test_table.with_text():
         items = clip_items(test_table, data.stores)
-        entries = predict(model.grounding, model.estimator, items, text)
+        entries = predict(model.grounding, model.gaze_source, items, text)
         write_submission(out / "test_predictions.json", entries)
         results["test"] = _recall_metrics(entries, test_table)
     results["parameters"] = sum(p.numel() for p in model.grounding.parameters())
