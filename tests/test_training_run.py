@@ -155,6 +155,10 @@ def test_cli_trains_a_table_and_writes_predictions(tiny_data, tmp_path):
     assert [r["variant"] for r in table["rows"]] == ["none", "gaze"]
     assert "R1@0.3" in table["prior_baseline"]
     assert "GazeNLQ" in report.read_text() and "--jobs 2" in report.read_text()
+    # the report is publishable: placeholders, not this machine's paths
+    assert str(tmp_path) not in report.read_text()
+    assert "gaze-train DATA --out RUN" in report.read_text()
+    assert table["data"] == str(tiny_data.stores.parent)
     # stage 1 ran once, in the gaze run's directory, and the gaze run used it
     assert (tmp_path / "runs" / "gaze-s0" / "stage1" / "best").is_dir()
     assert not (tmp_path / "runs" / "none-s0" / "stage1").exists()

@@ -127,7 +127,9 @@ def train(
              *(["--stage1-epochs", str(stage1_epochs)] if stage1_epochs else []),
              *(["--gaze-reg-weight", str(gaze_reg_weight)]
                if gaze_reg_weight is not None else [])]
-    table["command"] = shlex.join(["gaze-train", str(data), "--out", str(out), "--preset",
+    # The command as a report can publish it: DATA and RUN stand for this machine's paths.
+    table["data"], table["out"] = str(data), str(out)
+    table["command"] = shlex.join(["gaze-train", "DATA", "--out", "RUN", "--preset",
                                    preset.value, "--variants", variants, "--seeds", seeds,
                                    *extra])
     if not distributed.is_main():
