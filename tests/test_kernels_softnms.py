@@ -374,3 +374,29 @@ def test_second_process_loads_every_kernel_from_the_cache(tmp_path: Path) -> Non
     for name in ENTRY_KERNELS:
         assert second[name] == [1, 0], (name, second[name])  # loaded, never compiled
     assert all(misses == 0 for _, misses in second.values()), second
+
+
+BLAS_PROBE = textwrap.dedent("""
+    import json, sys
+    import numba, numpy as np
+    import gazenlq.kernels
+    import numba.np.arraymath as arraymath
+    skipped = "scipy.linalg" not in sys.modules
+    @numba.njit
+    def dot(a, b):
+        return np.dot(a, b)
+    print(json.dumps({"skipped": skipped, "have_blas": arraymath._HAVE_BLAS,
+                      "dot": dot(np.eye(3), np.arange(3.0)).tolist(),
+                      "blas_after": "scipy.linalg.cython_blas" in sys.modules}))
+""")
+
+
+def test_kernels_start_without_scipy_blas_and_blas_still_works_after() -> None:
+    """Starting the kernels skips Numba's SciPy BLAS probe (0.15 s of a cold search), and
+    leaves nothing behind: a later Numba function that needs BLAS imports it and runs."""
+    pytest.importorskip("scipy.linalg", reason="SciPy is not installed: nothing to skip")
+    out = subprocess.run([sys.executable, "-c", BLAS_PROBE], check=True, capture_output=True,
+                         text=True, timeout=600)
+    doc = json.loads(out.stdout)
+    assert doc["skipped"] and doc["have_blas"] is False
+    assert doc["dot"] == [0.0, 1.0, 2.0] and doc["blas_after"]

@@ -46,10 +46,11 @@ Target = str | os.PathLike | Sequence[str | os.PathLike]
 
 
 def _load_kernels() -> None:
-    """Import the Numba kernels (Numba's start-up) and load every compiled kernel."""
+    """Import the Numba kernels (Numba's start-up) and load the two a search calls
+    (decoding and Soft-NMS); the others would only lengthen a new process's first answer."""
     from gazenlq.kernels import warm_up
 
-    warm_up()
+    warm_up(search_only=True)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ offending argument, never inside a kernel.
 from __future__ import annotations
 
 import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from numba import njit
@@ -20,6 +23,7 @@ from gazenlq.scalars import as_count
 
 _INVALID_SCORE, _INVALID_COORD, _INVALID_ORDER = 1, 2, 3
 _FLOAT32_MAX = np.float32(np.finfo(np.float32).max)
+_BLAS = "scipy.linalg.cython_blas"  # the module Numba's start-up probes SciPy's BLAS with
 
 
 def as_array(value: object, dtype: type[np.generic], name: str) -> np.ndarray:
@@ -70,7 +74,27 @@ def start_numba() -> None:
     """Pay Numba's one-off per-process start-up now (about 0.2 s: on a process's first
     dispatch it imports its whole implementation), through the smallest kernel every entry
     point uses, so that the process's first query does not pay it."""
-    _all_valid(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), False)
+    with _without_blas_probe():
+        _all_valid(np.zeros((1, 2), np.float32), np.zeros(1, np.float32), False)
+
+
+@contextmanager
+def _without_blas_probe() -> Iterator[None]:
+    """Numba's start-up probes SciPy's BLAS by importing ``scipy.linalg`` (0.15 s of a new
+    process's first answer) only to pick a BLAS inner product for ``np.convolve`` and
+    ``np.correlate``, which no kernel here calls. While these kernels start, in a process
+    that has not imported SciPy's BLAS, the probe finds it absent (those two then use a
+    plain loop); functions that need BLAS (``np.dot``, ``np.linalg``) still import it
+    when they are compiled."""
+    if _BLAS in sys.modules or "numba.np.arraymath" in sys.modules:
+        yield
+        return
+    sys.modules[_BLAS] = None  # type: ignore[assignment]  # import -> ModuleNotFoundError
+    try:
+        yield
+    finally:
+        if sys.modules.get(_BLAS, False) is None:
+            del sys.modules[_BLAS]
 
 
 @njit(cache=True, nogil=True)
