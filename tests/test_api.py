@@ -243,3 +243,19 @@ def test_a_search_served_by_its_index_never_imports_zarr(tiny_trained, tiny_bund
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.strip() for _ in range(2)]
     assert runs == ["True", "False"]  # the first builds the index from the features
+
+
+def test_engine_closes_as_a_context_manager(tiny_trained, tiny_bundle, tmp_path):
+    """``with SearchEngine...`` releases the runtime at exit; a later call is one clear
+    error, not a crash inside a released session."""
+    from gazenlq.engine import SearchEngine
+    from gazenlq.errors import GazeNLQError
+
+    data, _ = tiny_trained
+    store = sorted(data.stores.glob("*.zarr"))[0]
+    with SearchEngine.from_bundle(tiny_bundle, cache_dir=str(tmp_path)) as engine:
+        assert engine.search(store, "where did I put the bulb")[0].moments
+    assert engine.runtime.sessions == {}
+    with pytest.raises(GazeNLQError, match="closed"):
+        engine.search(store, "where did I put the bulb")
+    engine.close()  # idempotent

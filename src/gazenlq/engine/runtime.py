@@ -142,6 +142,7 @@ class Runtime:
     def __init__(self, bundle: str | os.PathLike, options: RuntimeOptions = RuntimeOptions(),
                  *, max_length: int | None = None, max_batch: int | None = None) -> None:
         self.path = Path(bundle)
+        self.closed = False
         self.manifest: Manifest = verify_bundle(self.path)
         m = self.manifest
         if options.device not in DEVICES:
@@ -231,9 +232,11 @@ class Runtime:
         return self.manifest.files[self.specs[name].file].sha256, self.device, self.precision
 
     def close(self) -> None:
-        """Release the native engines' GPU buffers and streams (sessions of onnxruntime
-        release theirs when collected)."""
-        for session in getattr(self, "sessions", {}).values():
+        """Release the native engines' GPU buffers and streams and drop every session (ONNX
+        Runtime's release theirs when collected); idempotent."""
+        sessions, self.sessions = getattr(self, "sessions", {}), {}
+        self.closed = True
+        for session in sessions.values():
             if hasattr(session, "close"):
                 session.close()
 
@@ -245,6 +248,8 @@ class Runtime:
         return session.run([t.name for t in self.specs[name].outputs], feeds)
 
     def _run(self, name: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.closed:
+            raise GazeNLQError(f"{self.path}: this engine was closed; load the bundle again")
         spec = self.specs[name]
         if name not in self.sessions:
             self.sessions[name] = self._make(name)

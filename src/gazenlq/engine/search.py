@@ -168,6 +168,17 @@ class SearchEngine:
         return cls(resolve_bundle(bundle), RuntimeOptions(device, precision, threads),
                    SearchOptions(**options))
 
+    def close(self) -> None:
+        """Release the runtime now (the native TensorRT engines' GPU buffers and streams;
+        ONNX Runtime sessions are dropped); any later call is a one-line error."""
+        self.runtime.close()
+
+    def __enter__(self) -> SearchEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- the API --------------------------------------------------------------------------
 
     def search(self, target: Target, queries: str | Sequence[str], *, top_k: int | None = None,
