@@ -61,12 +61,17 @@ def _models(runs: Path | None) -> Path:
 
 
 def _long_split(hours: float, sessions: int, queries: int) -> Path:
-    """EgoSim sessions of ``hours`` with whole-session queries, all in the test split."""
+    """EgoSim sessions of ``hours`` with whole-session queries, all in the test split, in
+    the world the models were trained on (its difficulty, when that world is here)."""
     from gazenlq.synth.config import EgoSimConfig
     from gazenlq.synth.dataset import generate
 
+    trained = OUT / "egosim" / "egosim.json"
+    world = (EgoSimConfig.from_dict(json.loads(trained.read_text())["config"])
+             if trained.is_file() else EgoSimConfig())
     cfg = EgoSimConfig(seed=0, sessions=sessions, session_hours=hours, gaze_fraction=0.0,
-                       split=(0.0, 0.0, 1.0), query_scope="session", session_queries=queries)
+                       split=(0.0, 0.0, 1.0), query_scope="session", session_queries=queries,
+                       difficulty=world.difficulty)
     out = OUT / f"long-{hours:g}h-{sessions}-{cfg.fingerprint()}"
     generate(cfg, out, jobs=2)
     return out

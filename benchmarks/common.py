@@ -221,9 +221,17 @@ def search_child(args: list[str], python: str = sys.executable) -> tuple[dict, s
     """``gaze-search ARGS`` in a fresh process of ``python``: its self-report (seconds,
     seconds spent importing, peak memory in KiB, and ``first_output_s``: from starting the
     process to the first line of its answer on stdout), its stdout and the wall time
-    including the interpreter's start and exit."""
+    including the interpreter's start and exit.
+
+    The package's bytecode is compiled first, as any earlier run would have left it: an
+    environment with ``PYTHONDONTWRITEBYTECODE`` (or a fresh checkout of an editable
+    install) would otherwise recompile every module in every process."""
+    import compileall
     import subprocess
 
+    import gazenlq
+
+    compileall.compile_dir(Path(gazenlq.__file__).parent, quiet=1)
     t0 = time.perf_counter()
     with subprocess.Popen([python, "-c", _SEARCH_CHILD, *args], text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
