@@ -223,7 +223,7 @@ def test_search_looked_at_end_to_end(semantic_bundle, tmp_path):
                "--cache-dir", cache)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert [r["query"] for r in doc["looked_at"]] == ["bulb", "the knife"]
+    assert [r["query"] for r in doc["looked_at"]] == ["bulb", "the knife"]  # first: no index
     engine = SearchEngine.from_bundle(bundle, cache_dir=str(cache))
     api = engine.looked_at(data.stores, ["bulb", "the knife"], top_k=4, threshold=0.02,
                            timeline=True)

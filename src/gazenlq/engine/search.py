@@ -349,13 +349,15 @@ class SearchEngine:
 
     def _label_embeddings(self, plan: _Plan, timings: Timings) -> np.ndarray:
         """The looked-at label embedding of every step of ``plan``, stitched from its
-        windows' (cached or computed) outputs."""
+        windows' outputs - at the index's precision whether read from it or computed, so
+        a search answers the same before and after its index is written."""
         from gazenlq.engine.looked_at import stitch
 
         self._require_looked_at()
-        return stitch(((ws, valid, out["looked_at_emb"])
-                       for _, ws, valid, out in self._outputs(plan, timings)),
-                      plan.stop - plan.start, int(self.manifest.looked_at["dim"]))
+        emb = stitch(((ws, valid, out["looked_at_emb"])
+                      for _, ws, valid, out in self._outputs(plan, timings)),
+                     plan.stop - plan.start, int(self.manifest.looked_at["dim"]))
+        return emb.astype(vcache.ARRAYS["looked_at_emb"]).astype(np.float32)
 
     # -- internals ------------------------------------------------------------------------
 
