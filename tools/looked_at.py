@@ -18,7 +18,7 @@ its window, ``gaze.looked_at.step_labels``):
   length, for comparison).
 
 ``python -m tools.looked_at DATA --bundle BUNDLE [--estimator RUN/stage1/best]
-[--split test] [--cache-dir DIR]`` (from the repository root; the read-out needs the
+[--split test] [--cache-dir DIR] [--threshold P]`` (from the repository root; the read-out needs the
 ``train`` extra)
 """
 
@@ -33,6 +33,7 @@ import numpy as np
 
 from gazenlq.engine import SearchEngine
 from gazenlq.gaze.looked_at import (
+    THRESHOLD,
     accuracy_at,
     ranked_spans,
     read_looked_at,
@@ -87,7 +88,7 @@ def readout_scores(estimator, store: FeatureStore, tl, objects: int) -> np.ndarr
 
 
 def evaluate(data: Path, bundle: Path, estimator: Path | None, split: str,
-             cache_dir: Path | None) -> dict:
+             cache_dir: Path | None, threshold: float = THRESHOLD) -> dict:
     t0 = time.perf_counter()
     cfg = _config(data)
     looked = read_looked_at(data / "annotations" / "looked_at.json")
@@ -118,7 +119,8 @@ def evaluate(data: Path, bundle: Path, estimator: Path | None, split: str,
             scores = readout_scores(est, store, session_timeline(cfg, plan), len(names))
             readout.append(scores[keep])
         present = sorted({int(o) for o in spans[:, 2]})
-        found = engine.looked_at(path, [names[o] for o in present], top_k=5)
+        found = engine.looked_at(path, [names[o] for o in present], top_k=5,
+                                 threshold=threshold)
         for o, result in zip(present, found):
             gt = spans[spans[:, 2] == o, :2]
             got = np.array([[m.start_s, m.end_s] for m in result.moments]).reshape(-1, 2)
@@ -134,7 +136,7 @@ def evaluate(data: Path, bundle: Path, estimator: Path | None, split: str,
                 hits["readout_R5"].append(recall_at(secs, gt, 5, IOU))
     head_s, labels = np.concatenate(head), np.concatenate(truth)
     prior = np.broadcast_to(counts, (len(labels), len(names)))
-    out = {"split": split, "steps": len(labels), "queries": len(hits["R1"]),
+    out = {"split": split, "threshold": threshold, "steps": len(labels), "queries": len(hits["R1"]),
            "vocabulary": len(names),
            "head": {"acc1": accuracy_at(head_s, labels, 1), "acc3": accuracy_at(head_s, labels, 3),
                     "R1@0.3": 100 * float(np.mean(hits["R1"])),
@@ -159,9 +161,11 @@ def main() -> None:
                         "read-out baseline")
     parser.add_argument("--split", default="test")
     parser.add_argument("--cache-dir", type=Path, help="where the search index is kept")
+    parser.add_argument("--threshold", type=float, default=THRESHOLD,
+                        help="looked-at probability from which a step is a hit")
     args = parser.parse_args()
     print(json.dumps(evaluate(args.data, args.bundle, args.estimator, args.split,
-                              args.cache_dir), indent=1))
+                              args.cache_dir, args.threshold), indent=1))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import typer
 
 from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
 from gazenlq.engine.options import SearchOptions
+from gazenlq.gaze.looked_at import THRESHOLD as LOOKED_AT_THRESHOLD
 from gazenlq.progress import progress
 
 app = make_app("Answer natural-language queries over a feature store or a directory of "
@@ -56,7 +57,7 @@ def search(
         "gaze-train --looked-at).")] = None,
     looked_at_threshold: Annotated[float, typer.Option(
         min=0.01, max=1.0, help="With --looked-at: the probability from which a step counts "
-        "as looking at the noun.")] = 0.5,
+        "as looking at the noun.")] = LOOKED_AT_THRESHOLD,
     top_k: Annotated[int, typer.Option(min=1, help="Moments per query.")] = 5,
     submission: Annotated[Path | None, typer.Option(help="With an NLQ JSON: write the "
                                                     "official submission file here.")] = None,
