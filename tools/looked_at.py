@@ -33,6 +33,7 @@ import numpy as np
 
 from gazenlq.engine import SearchEngine
 from gazenlq.gaze.looked_at import (
+    FILE_NAME,
     THRESHOLD,
     accuracy_at,
     ranked_spans,
@@ -91,7 +92,7 @@ def evaluate(data: Path, bundle: Path, estimator: Path | None, split: str,
              cache_dir: Path | None, threshold: float = THRESHOLD) -> dict:
     t0 = time.perf_counter()
     cfg = _config(data)
-    looked = read_looked_at(data / "annotations" / "looked_at.json")
+    looked = read_looked_at(data / "annotations" / FILE_NAME)
     names = list(looked.objects)
     engine = SearchEngine.from_bundle(bundle, cache_dir=None if cache_dir is None
                                       else str(cache_dir))

@@ -31,6 +31,8 @@ from gazenlq.timegrid import TimeGrid
 
 FORMAT = "gazenlq.looked-at"
 VERSION = 1
+FILE_NAME = "looked_at.json"
+"""The looked-at file's name in an EgoSim dataset's ``annotations/``."""
 MIN_COVER = 0.5
 """A step is labelled with an object fixated during at least this share of its window."""
 THRESHOLD = 0.15

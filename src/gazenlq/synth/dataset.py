@@ -13,6 +13,7 @@ import numpy as np
 
 from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import GazeNLQError, StoreError
+from gazenlq.gaze.looked_at import FILE_NAME as LOOKED_AT
 from gazenlq.gaze.looked_at import write_looked_at
 from gazenlq.store import FeatureStore, StoreWriter
 from gazenlq.store import store_path as _store_path
@@ -25,8 +26,6 @@ from gazenlq.workers import process_pool, stopped_on_error
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "egosim.json"
-LOOKED_AT = "looked_at.json"
-"""Under ``annotations/``: what the wearer fixated, every session (``gaze.looked_at``)."""
 ANNOTATION_VERSION = "2.0"
 
 

@@ -13,6 +13,7 @@ import torch
 
 from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import GazeNLQError
+from gazenlq.gaze.looked_at import FILE_NAME as LOOKED_AT
 from gazenlq.gaze.looked_at import LookedAt, read_looked_at, step_labels
 from gazenlq.gaze.metrics import cc, kl_div
 from gazenlq.nlq.annotations import QueryTable, load_queries
@@ -41,9 +42,6 @@ from gazenlq.training.infer import predict
 from gazenlq.training.model import GazeNLQ, with_dims
 from gazenlq.training.semantic import noun_embedding, semantic_loss
 from gazenlq.training.targets import PositiveNormaliser, grounding_loss
-
-LOOKED_AT = "looked_at.json"
-"""The looked-at file of an EgoSim dataset, under ``annotations/`` (``synth.dataset``)."""
 
 
 @dataclass(frozen=True)
