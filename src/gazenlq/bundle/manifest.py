@@ -135,6 +135,11 @@ class Manifest:
     coarse: dict[str, Any] | None = None
     """The coarse stage of coarse-to-fine search (``span`` steps per span embedding, ``dim``,
     ``gaze``), whose embeddings the text and video graphs output; None: exhaustive only."""
+    looked_at: dict[str, Any] | None = None
+    """The semantic gaze-target head: the text graph's ``noun_emb`` and the video graph's
+    per-step ``looked_at_emb`` (``dim`` values, compared by cosine similarity), the
+    head's inverse temperature ``scale`` and its training vocabulary ``objects``; None:
+    the bundle has no looked-at head."""
 
     @property
     def uses_gaze(self) -> bool:
@@ -176,7 +181,8 @@ class Manifest:
             files={f: FileEntry(**e) for f, e in d["files"].items()},
             exporter=dict(d.get("exporter", {})), source=dict(d.get("source", {})),
             validation=dict(d.get("validation", {})), version=int(d["version"]),
-            coarse=None if d.get("coarse") is None else dict(d["coarse"]))
+            coarse=None if d.get("coarse") is None else dict(d["coarse"]),
+            looked_at=None if d.get("looked_at") is None else dict(d["looked_at"]))
 
 
 def file_entry(path: Path) -> FileEntry:

@@ -11,6 +11,7 @@ import typer
 
 from gazenlq.cli.common import VERSION_OPTION, fail, make_app, print_json, print_table, run
 from gazenlq.engine.options import SearchOptions
+from gazenlq.gaze.looked_at import THRESHOLD as LOOKED_AT_THRESHOLD
 from gazenlq.progress import progress
 
 app = make_app("Answer natural-language queries over a feature store or a directory of "
@@ -50,6 +51,13 @@ def search(
     queries_file: Annotated[Path | None, typer.Option(
         "--queries", help="One query per line, or an Ego4D NLQ JSON (each query searched "
         "in its clip; stores looked up by video_uid in TARGET).")] = None,
+    looked_at: Annotated[list[str] | None, typer.Option(
+        help="When the wearer looked at this (a noun: 'bulb'; repeatable): the moments, "
+        "merged fixation spans ranked across the library (bundles with a looked-at head: "
+        "gaze-train --looked-at).")] = None,
+    looked_at_threshold: Annotated[float, typer.Option(
+        min=0.01, max=1.0, help="With --looked-at: the probability from which a step counts "
+        "as looking at the noun.")] = LOOKED_AT_THRESHOLD,
     top_k: Annotated[int, typer.Option(min=1, help="Moments per query.")] = 5,
     submission: Annotated[Path | None, typer.Option(help="With an NLQ JSON: write the "
                                                     "official submission file here.")] = None,
@@ -112,8 +120,9 @@ def search(
             texts += read
         else:
             nlq = read
-    if not texts and nlq is None and not index:
-        fail("no query: give QUERY arguments, --queries FILE or --index")
+    nouns = list(looked_at or [])
+    if not texts and nlq is None and not index and not nouns:
+        fail("no query: give QUERY arguments, --queries FILE, --looked-at NOUN or --index")
     if submission is not None and nlq is None:
         fail("--submission needs --queries with an Ego4D NLQ JSON file")
     runtime = RuntimeOptions(device.value, "fp16" if fp16 else "fp32", threads)
@@ -123,21 +132,21 @@ def search(
                             cache_dir=None if cache_dir is None else str(cache_dir),
                             ann_min_spans=ann_min_spans)
     if scheduler is not None:
-        if not index or texts or nlq is not None:
+        if not index or texts or nlq is not None or nouns:
             fail("--scheduler goes with --index alone (queries are answered in one process)")
         if not cache:
             fail("--scheduler builds the index: drop --no-cache")
         _index_on_cluster(scheduler, choice.path, find_stores(target), runtime, options,
                           quiet)
         return
-    stores = find_stores(target) if texts or index else []
+    stores = find_stores(target) if texts or index or nouns else []
     engine = SearchEngine(choice, runtime, options)
     load_s = time.perf_counter() - t_start
     if index:
         bar = iter(progress(range(len(stores)), total=len(stores), desc="indexing",
                             unit="video", quiet=quiet))
         engine.index(stores, on_store=lambda: next(bar, None))
-        if not texts and nlq is None:
+        if not texts and nlq is None and not nouns:
             print(f"indexed {len(stores)} store(s) in {time.perf_counter() - t_start:.1f} s")
             return
     out: dict = {"bundle": str(choice.path)}
@@ -163,8 +172,17 @@ def search(
                               on_store=lambda: next(bar, None))
         timings.append(found.timings)
         results = found.results
-        out["results"] = [{"query": r.query, "moments": [m.__dict__ for m in r.moments]}
-                          for r in results]
+        out["results"] = _as_json(results)
+    looked = []
+    if nouns:
+        bar = iter(progress(range(len(stores)), total=len(stores), desc="looked at",
+                            unit="video", quiet=quiet))
+        found = engine.looked_at(stores, nouns, timeline=plot is not None,
+                                 threshold=looked_at_threshold,
+                                 on_store=lambda: next(bar, None))
+        timings.append(found.timings)
+        looked = found.results
+        out["looked_at"] = _as_json(looked)
     timing = {k: sum(t.as_dict()[k] for t in timings) for k in timings[0].as_dict()}
     timing.update(load=load_s, total=time.perf_counter() - t_start)
     if explain:
@@ -173,8 +191,9 @@ def search(
     if as_json:
         print_json(out)
     else:
-        for r in results:
-            print(f"\n{r.query}")
+        for title, r in [*((r.query, r) for r in results),
+                         *((f"looked at {r.query!r}", r) for r in looked)]:
+            print(f"\n{title}")
             print_table(["rank", "video", "start-end", "score"],
                         [[i + 1, m.video, f"{_hms(m.start_s)}-{_hms(m.end_s)}",
                           f"{m.score:.3f}"] for i, m in enumerate(r.moments)])
@@ -184,7 +203,7 @@ def search(
             print_table(["stage", "seconds"], [[k, f"{v:.4f}" if isinstance(v, float) else v]
                                                for k, v in timing.items()])
     if plot is not None:
-        _plot(plot, results, answered)
+        _plot(plot, results, answered, looked)
 
 
 def _index_on_cluster(scheduler: str, bundle: Path, stores: list, runtime, options,
@@ -202,13 +221,20 @@ def _index_on_cluster(scheduler: str, bundle: Path, stores: list, runtime, optio
           f"on {report.workers} worker(s) in {report.seconds:.1f} s")
 
 
-def _plot(path: Path, results, answered) -> None:
-    """The first text query's timeline, else the annotation file's first answered query's
-    timeline in its clip with its ground-truth window."""
+def _as_json(results) -> list[dict]:
+    return [{"query": r.query, "moments": [m.__dict__ for m in r.moments]} for r in results]
+
+
+def _plot(path: Path, results, answered, looked) -> None:
+    """The first text query's timeline (with the first --looked-at noun's track), else the
+    first noun's track, else the annotation file's first answered query's timeline in its
+    clip with its ground-truth window."""
     from gazenlq.engine.plot import timeline_png
 
-    if results:
-        timeline_png(results[0], path)
+    if results or looked:
+        timeline_png(results[0] if results else looked[0], path,
+                     looked_at=looked[0] if results and looked else None,
+                     looked_at_only=not results)
         return
     for q, result in zip(answered.queries, answered.results):
         if q.answer is not None:

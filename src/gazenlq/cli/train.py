@@ -59,6 +59,12 @@ def train(
     gaze_reg_weight: Annotated[float | None, typer.Option(
         min=0, help="Lambda of gaze_reg's KL(P_gaze || A) attention regulariser (default "
         "100, Gaze-VLM's).")] = None,
+    looked_at: Annotated[Path | None, typer.Option(
+        help="Also train the semantic gaze-target head (what the wearer looked at, searched "
+        "by gaze-search --looked-at) on this looked-at file; an EgoSim dataset has one in "
+        "annotations/looked_at.json.")] = None,
+    semantic_weight: Annotated[float, typer.Option(
+        min=0, help="With --looked-at: weight of the head's InfoNCE loss.")] = 1.0,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, each in its own "
                                       "process with an equal share of the cores (2 suits a "
@@ -99,6 +105,10 @@ def train(
         for p in (paths.stores, paths.train, paths.val):
             if not p.exists():
                 fail(f"{p}: missing (is {data} a gaze-synth dataset? else pass --train/--val)")
+    if looked_at is not None:
+        if not looked_at.is_file():
+            fail(f"{looked_at}: no such looked-at file")
+        paths = replace(paths, looked_at=looked_at)
     from gazenlq.training import distributed
     from gazenlq.training.device import resolve_device
 
@@ -114,6 +124,8 @@ def train(
                                           warmup_epochs=min(cfg.stage2.warmup_epochs, epochs)))
     if gaze_reg_weight is not None:
         cfg = replace(cfg, pool=replace(cfg.pool, weight=gaze_reg_weight))
+    if looked_at is not None:
+        cfg = replace(cfg, semantic=replace(cfg.semantic, enabled=True, weight=semantic_weight))
     if stage1_epochs is not None:
         cfg = replace(cfg, stage1=replace(cfg.stage1, epochs=stage1_epochs,
                                           warmup_epochs=min(cfg.stage1.warmup_epochs,
@@ -126,7 +138,9 @@ def train(
              *(["--epochs", str(epochs)] if epochs else []),
              *(["--stage1-epochs", str(stage1_epochs)] if stage1_epochs else []),
              *(["--gaze-reg-weight", str(gaze_reg_weight)]
-               if gaze_reg_weight is not None else [])]
+               if gaze_reg_weight is not None else []),
+             *(["--looked-at", _published(looked_at, data), "--semantic-weight",
+                str(semantic_weight)] if looked_at is not None else [])]
     # The command as a report can publish it: DATA and RUN stand for this machine's paths.
     table["data"], table["out"] = str(data), str(out)
     table["command"] = shlex.join(["gaze-train", "DATA", "--out", "RUN", "--preset",
@@ -161,3 +175,11 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":  # torchrun --nproc-per-node N -m gazenlq.cli.train ...
     main()
+
+
+def _published(path: Path, data: Path) -> str:
+    """``path`` as a report shows it: under DATA when inside the dataset, else its name."""
+    try:
+        return str(Path("DATA") / path.resolve().relative_to(data.resolve()))
+    except ValueError:
+        return path.name

@@ -2,9 +2,10 @@
 
 ``<store>/cache/<key>/`` holds, for one bundle, window plan and step range, one array per
 output of the per-video graph - ``video_emb`` (and ``gaze_emb``) ``[windows, length, H]``
-float32, and for bundles with a coarse stage ``coarse_emb`` ``[windows, spans, D]``
-float16 - as ``.npy`` files that searches memory-map (a coarse-to-fine query reads a few
-slices of a few windows: microseconds, where a chunked read costs a millisecond), and the
+float32, for bundles with a coarse stage ``coarse_emb`` ``[windows, spans, D]`` float16,
+for bundles with a looked-at head ``looked_at_emb`` ``[windows, length, D]`` float16 -
+as ``.npy`` files that searches memory-map (a coarse-to-fine query reads a few slices of a
+few windows: microseconds, where a chunked read costs a millisecond), and the
 plan as the attributes of a Zarr group's ``zarr.json`` (so that Zarr, listing the store,
 sees the cache directories as groups of its hierarchy). The key hashes the bundle's video
 graph, the device (backend) and the precision that computed it, so a cache written by
@@ -52,7 +53,8 @@ CACHE_ENV = "GAZENLQ_CACHE_DIR"
 META = "zarr.json"
 FORMAT = "gazenlq.index"
 VERSION = 3
-ARRAYS = {"video_emb": np.float32, "gaze_emb": np.float32, "coarse_emb": np.float16}
+ARRAYS = {"video_emb": np.float32, "gaze_emb": np.float32, "coarse_emb": np.float16,
+          "looked_at_emb": np.float16}
 
 
 def cache_key(producer: tuple[str, str, str], length: int, overlap: int, start: int,

@@ -10,10 +10,13 @@ from gazenlq.engine.results import QueryResult, Timeline
 from gazenlq.errors import MissingDependencyError
 
 
-def timeline_png(result: QueryResult, path: Path, truth: tuple[float, float] | None = None
+def timeline_png(result: QueryResult, path: Path, truth: tuple[float, float] | None = None,
+                 *, looked_at: QueryResult | None = None, looked_at_only: bool = False
                  ) -> None:
     """Plot the best video's score timeline (``result.timelines``) against time, shade the
-    returned moments (and the ground truth, when known) and save a PNG."""
+    returned moments (and the ground truth, when known) and save a PNG. ``looked_at`` (a
+    ``SearchEngine.looked_at`` result) adds its looked-at track of that video;
+    ``looked_at_only``: ``result`` itself is one (its curve is the looked-at track)."""
     try:
         import matplotlib
     except ImportError:
@@ -28,7 +31,12 @@ def timeline_png(result: QueryResult, path: Path, truth: tuple[float, float] | N
     line = result.timelines.get(video, Timeline(np.zeros(0), np.zeros(0)))
     t, curve = line.seconds, line.score
     fig, ax = plt.subplots(figsize=(11, 3))
-    ax.plot(t / 60, curve, lw=0.8, color="0.3", label="score (best level-0 point)")
+    ax.plot(t / 60, curve, lw=0.8, color="0.3", label=(
+        "looked-at probability" if looked_at_only else "score (best level-0 point)"))
+    other = looked_at.timelines.get(video) if looked_at is not None else None
+    if other is not None:
+        ax.plot(other.seconds / 60, other.score, lw=0.8, color="tab:blue",
+                label=f"looked at {looked_at.query!r}")
     for rank, m in enumerate(result.moments):
         if m.video != video:
             continue
@@ -40,7 +48,8 @@ def timeline_png(result: QueryResult, path: Path, truth: tuple[float, float] | N
                    label="ground truth")
     ax.set_xlabel("minutes")
     ax.set_ylim(0, 1.08)
-    ax.set_title(f"{result.query!r} in {video}", fontsize=9)
+    what = f"looked at {result.query!r}" if looked_at_only else repr(result.query)
+    ax.set_title(f"{what} in {video}", fontsize=9)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -279,10 +279,16 @@ class Runtime:
                                    "attention_mask": tok.attention_mask})
         return out["features"], tok.attention_mask.astype(bool), out.get("query_emb")
 
+    def nouns(self, texts: list[str]) -> np.ndarray:
+        """The noun embeddings ``[Q, D]`` of ``texts`` (bundles with a looked-at head)."""
+        tok = self.tokenizer(texts)
+        return self._named("text", {"input_ids": tok.input_ids,
+                                    "attention_mask": tok.attention_mask})["noun_emb"]
+
     def video(self, video: np.ndarray, mask: np.ndarray, gaze: np.ndarray | None
               ) -> dict[str, np.ndarray]:
         """Query-independent outputs of padded windows ``[B, T, *]`` by name: ``video_emb``
-        (+ ``gaze_emb``) (+ ``coarse_emb``)."""
+        (+ ``gaze_emb``) (+ ``coarse_emb``) (+ ``looked_at_emb``)."""
         feeds = {"video": video, "mask": mask}
         if self.uses_gaze:
             feeds["gaze_features"] = gaze

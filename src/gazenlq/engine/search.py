@@ -23,6 +23,7 @@ import numpy as np
 
 from gazenlq.bundle import level_sizes, pad_to
 from gazenlq.bundle.default import BundleChoice, resolve_bundle
+from gazenlq.bundle.manifest import BundleError
 from gazenlq.engine import cache as vcache
 from gazenlq.engine.options import MODES, SearchOptions
 from gazenlq.engine.results import (
@@ -35,6 +36,8 @@ from gazenlq.engine.results import (
 )
 from gazenlq.engine.runtime import Runtime, RuntimeOptions
 from gazenlq.errors import ParameterError, StoreError, warn
+from gazenlq.gaze.looked_at import THRESHOLD as LOOKED_AT_THRESHOLD
+from gazenlq.gaze.looked_at import ranked_spans, span_segments
 from gazenlq.nlq.annotations import Query, QueryTable, load_queries
 from gazenlq.nlq.submission import Entry
 from gazenlq.store import GAZE_INPUT, VIDEO, FeatureStore, find_stores, plan_windows, store_path
@@ -157,6 +160,7 @@ class SearchEngine:
         self._library: tuple[tuple, object] | None = None  # the last library's span index
         self._plans: dict[tuple, tuple] = {}
         self._caches: dict[tuple, vcache.CachedEmbeddings] = {}
+        self._vocab_emb: np.ndarray | None = None
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike | None = None, *, device: str = "cpu",
@@ -268,6 +272,104 @@ class SearchEngine:
                 on_store()
         timings.total = time.perf_counter() - t_start
         return timings
+
+    # -- what the wearer looked at ----------------------------------------------------------
+
+    def looked_at(self, target: Target, nouns: str | Sequence[str], *,
+                  top_k: int | None = None, timeline: bool = False,
+                  threshold: float = LOOKED_AT_THRESHOLD,
+                  on_store: Callable[[], object] | None = None) -> SearchResult:
+        """When the wearer looked at each noun, over every store of ``target``: the runs of
+        steps whose looked-at probability reaches ``threshold`` (``engine.looked_at``),
+        ranked across videos by their mean probability, ``top_k`` of them; with
+        ``timeline``, each video's probability track. Needs a bundle with a looked-at
+        head."""
+        from gazenlq.engine.looked_at import track
+
+        t_start = time.perf_counter()
+        nouns = [nouns] if isinstance(nouns, str) else list(nouns)
+        if not 0 < threshold <= 1:
+            raise ParameterError("threshold", threshold, "must be in (0, 1]")
+        top_k = self._top_k(top_k)
+        timings = Timings()
+        emb = self.noun_embeddings(nouns, timings)
+        vocabulary, scale = self._vocabulary(timings), float(self.manifest.looked_at["scale"])
+        stores = stores_of(target)
+        results = [QueryResult(n, []) for n in nouns]
+        for path in stores:
+            plan = self._plan(path)
+            steps = self._label_embeddings(plan, timings)
+            info = plan.store.info
+            t0 = time.perf_counter()
+            for qi, noun in enumerate(emb):
+                prob = track(steps, noun, vocabulary, scale)
+                for (s, e), score in ranked_spans(prob, threshold)[:top_k]:
+                    a, b = info.grid.segments_to_seconds(span_segments([(s, e)])[0],
+                                                         info.duration_s)
+                    results[qi].moments.append(Moment(info.video_uid, float(a), float(b),
+                                                      score))
+                if timeline:
+                    results[qi].timelines[info.video_uid] = Timeline(
+                        info.grid.to_seconds(np.arange(len(prob))), prob)
+            timings.postprocess += time.perf_counter() - t0
+            if on_store is not None:
+                on_store()
+        for r in results:
+            r.moments.sort(key=lambda m: -m.score)
+            del r.moments[top_k:]
+        timings.total = time.perf_counter() - t_start
+        return SearchResult(results, timings, stores)
+
+    def label_embeddings(self, store: str | os.PathLike) -> np.ndarray:
+        """``[T, D]``: every step's looked-at label embedding of ``store`` (unit vectors, in
+        the text graph's noun space; from the index when there is one)."""
+        return self._label_embeddings(self._plan(store), Timings())
+
+    def noun_embeddings(self, nouns: Sequence[str], timings: Timings | None = None
+                        ) -> np.ndarray:
+        """``[Q, D]``: the noun embeddings of ``nouns`` by the bundle's text graph."""
+        self._require_looked_at()
+        if not nouns:
+            raise ParameterError("looked_at", [], "give at least one noun")
+        for n in nouns:
+            if not n.strip():
+                raise ParameterError("looked_at", n, "empty: name what was looked at")
+        t0 = time.perf_counter()
+        out = self.runtime.nouns(list(nouns))
+        if timings is not None:
+            timings.text += time.perf_counter() - t0
+        return out
+
+    @property
+    def looked_at_vocabulary(self) -> tuple[str, ...]:
+        """The object names the bundle's looked-at head was trained on."""
+        self._require_looked_at()
+        return tuple(self.manifest.looked_at.get("objects", ()))
+
+    def _require_looked_at(self) -> None:
+        if self.manifest.looked_at is None:
+            raise BundleError(f"{self.bundle.path}: this bundle has no looked-at head (export "
+                              "a model trained with gaze-train --looked-at)")
+
+    def _vocabulary(self, timings: Timings) -> np.ndarray:
+        """The noun embeddings of the head's training vocabulary (computed once)."""
+        if self._vocab_emb is None:
+            names = list(self.looked_at_vocabulary)
+            self._vocab_emb = self.noun_embeddings(names, timings) if names else \
+                np.zeros((0, int(self.manifest.looked_at["dim"])), np.float32)
+        return self._vocab_emb
+
+    def _label_embeddings(self, plan: _Plan, timings: Timings) -> np.ndarray:
+        """The looked-at label embedding of every step of ``plan``, stitched from its
+        windows' outputs - at the index's precision whether read from it or computed, so
+        a search answers the same before and after its index is written."""
+        from gazenlq.engine.looked_at import stitch
+
+        self._require_looked_at()
+        emb = stitch(((ws, valid, out["looked_at_emb"])
+                      for _, ws, valid, out in self._outputs(plan, timings)),
+                     plan.stop - plan.start, int(self.manifest.looked_at["dim"]))
+        return emb.astype(vcache.ARRAYS["looked_at_emb"]).astype(np.float32)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -445,6 +547,8 @@ class SearchEngine:
             shapes["gaze_emb"] = (length, h)
         if self.coarse is not None:
             shapes["coarse_emb"] = (-(-length // self.coarse["span"]), self.coarse["dim"])
+        if self.manifest.looked_at is not None:
+            shapes["looked_at_emb"] = (length, int(self.manifest.looked_at["dim"]))
         return shapes
 
     def _index(self, plan: _Plan, timings: Timings) -> vcache.CachedEmbeddings:

@@ -178,7 +178,10 @@ def _manifest(model: GazeNLQ, conf: dict, checkpoint: Path, bundle: Path,
                 "weights_sha256": sha256_file(checkpoint / "model.safetensors")},
         validation=report.to_dict(),
         coarse=None if model.coarse is None else {
-            "span": cfg.coarse.span, "dim": cfg.coarse.dim, "gaze": model.coarse.gaze})
+            "span": cfg.coarse.span, "dim": cfg.coarse.dim, "gaze": model.coarse.gaze},
+        looked_at=None if model.semantic is None else {
+            "dim": g.text_dim, "scale": float(model.semantic.scale),
+            "objects": list(conf.get("looked_at", {}).get("objects", []))})
 
 
 def _file(graph: GraphDef, precision: str) -> str:

@@ -1,11 +1,14 @@
 """The three exported graphs as PyTorch modules, with their I/O specs and random inputs.
 
-- ``text``: frozen query encoder, ``input_ids, attention_mask -> features [, query_emb]``;
+- ``text``: frozen query encoder, ``input_ids, attention_mask -> features [, query_emb]
+  [, noun_emb]``;
 - ``video``: per-video half, ``video, mask [, gaze_features] -> video_emb [, gaze_emb]
-  [, coarse_emb]``; for the gaze variants the gaze tokens (of the stage-1 estimator or
-  of the attention pool, ``GazeNLQ.gaze_source``) are computed inside it; ``query_emb``
-  and ``coarse_emb`` (models with a coarse stage) are the query and span embeddings of
-  coarse-to-fine search;
+  [, coarse_emb] [, looked_at_emb]``; for the gaze variants the gaze tokens (of the
+  stage-1 estimator or of the attention pool, ``GazeNLQ.gaze_source``) are computed inside
+  it; ``query_emb`` and ``coarse_emb`` (models with a coarse stage) are the query and span
+  embeddings of coarse-to-fine search; ``noun_emb`` and ``looked_at_emb`` (models with a
+  semantic head) the noun embedding of the text and each step's looked-at label
+  embedding, compared by cosine similarity (``training.semantic``);
 - ``ground``: per-query half, ``video_emb, mask, tokens, text_mask [, gaze_emb] ->
   logits, distances, point_mask``; its length must be a multiple of ``length_multiple``.
 
@@ -26,33 +29,39 @@ from gazenlq.errors import GazeNLQError
 from gazenlq.training import checkpoint
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.model import GazeNLQ
+from gazenlq.training.semantic import noun_embedding
 
 GRAPHS = ("text", "video", "ground")
 
 
 class TextGraph(nn.Module):
-    """The frozen query encoder's token features (+ the coarse stage's query embedding)."""
+    """The frozen query encoder's token features (+ the coarse stage's query embedding)
+    (+ the noun embedding the semantic head's label embeddings are compared with)."""
 
     def __init__(self, model: GazeNLQ, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder, self.coarse = encoder, model.coarse
+        self.semantic = model.semantic is not None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor
                 ) -> tuple[torch.Tensor, ...]:
         features = self.encoder(input_ids, attention_mask)
-        if self.coarse is None:
-            return (features,)
-        return features, self.coarse.query(features, attention_mask)
+        out = (features,)
+        if self.coarse is not None:
+            out = (*out, self.coarse.query(features, attention_mask))
+        if self.semantic:
+            out = (*out, noun_embedding(features, attention_mask))
+        return out
 
 
 class VideoGraph(nn.Module):
     """Query-independent half: video embedding (+ gaze tokens -> gaze context) (+ the coarse
-    stage's span embeddings)."""
+    stage's span embeddings) (+ the semantic head's looked-at label embeddings)."""
 
     def __init__(self, model: GazeNLQ) -> None:
         super().__init__()
         self.grounding, self.estimator = model.grounding, model.gaze_source
-        self.coarse = model.coarse
+        self.coarse, self.semantic = model.coarse, model.semantic
         self.variant = model.cfg.grounding.gaze
 
     def forward(self, video: torch.Tensor, mask: torch.Tensor,
@@ -62,7 +71,11 @@ class VideoGraph(nn.Module):
             gaze = self.estimator.gaze_tokens(gaze_features, mask, self.variant)
         v, g = self.grounding.embed_video(video, mask, gaze)
         out = (v,) if g is None else (v, g)
-        return out if self.coarse is None else (*out, self.coarse.spans(v, g, mask))
+        if self.coarse is not None:
+            out = (*out, self.coarse.spans(v, g, mask))
+        if self.semantic is not None:
+            out = (*out, self.semantic(v, gaze, mask))
+        return out
 
 
 class GroundGraph(nn.Module):
@@ -126,6 +139,8 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
     text_out = [TensorSpec("features", f32, (*txt, text_encoder.dim))]
     if coarse is not None:
         text_out.append(TensorSpec("query_emb", f32, ("batch", coarse.dim)))
+    if model.semantic is not None:
+        text_out.append(TensorSpec("noun_emb", f32, ("batch", cfg.text_dim)))
     text = GraphDef(
         "text", TextGraph(model, text_encoder).eval(),
         (TensorSpec("input_ids", "int64", txt), TensorSpec("attention_mask", "int64", txt)),
@@ -143,6 +158,9 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
     valid = {o.name: "mask" for o in video_out}
     if coarse is not None:  # spans without a valid step are zero on both sides
         video_out.append(TensorSpec("coarse_emb", f32, ("batch", "spans", coarse.dim)))
+    if model.semantic is not None:
+        video_out.append(TensorSpec("looked_at_emb", f32, (*seq, cfg.text_dim)))
+        valid["looked_at_emb"] = "mask"
     video = GraphDef("video", VideoGraph(model).eval(), tuple(video_in), tuple(video_out),
                      masks={"mask": "length"}, valid=valid)
     pts = ("batch", "points")

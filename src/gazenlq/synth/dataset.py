@@ -13,13 +13,15 @@ import numpy as np
 
 from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import GazeNLQError, StoreError
+from gazenlq.gaze.looked_at import FILE_NAME as LOOKED_AT
+from gazenlq.gaze.looked_at import write_looked_at
 from gazenlq.store import FeatureStore, StoreWriter
 from gazenlq.store import store_path as _store_path
 from gazenlq.synth.config import EgoSimConfig
 from gazenlq.synth.queries import clip_queries
 from gazenlq.synth.render import render
-from gazenlq.synth.timeline import Timeline, build_timeline
-from gazenlq.synth.world import World
+from gazenlq.synth.timeline import Timeline, build_timeline, looked_at_spans
+from gazenlq.synth.world import OBJECTS, World
 from gazenlq.workers import process_pool, stopped_on_error
 
 SPLITS = ("train", "val", "test")
@@ -137,11 +139,11 @@ def video_entry(cfg: EgoSimConfig, plan: SessionPlan, tl: Timeline) -> dict:
     return {"video_uid": plan.video_uid, "split": plan.split, "clips": clips}
 
 
-def _session_job(args: tuple[EgoSimConfig, SessionPlan, str]) -> dict:
+def _session_job(args: tuple[EgoSimConfig, SessionPlan, str]) -> tuple[dict, list]:
     cfg, plan, out = args
     tl = session_timeline(cfg, plan)
     write_session(cfg, plan, Path(out), tl)
-    return video_entry(cfg, plan, tl)
+    return video_entry(cfg, plan, tl), looked_at_spans(tl)
 
 
 def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
@@ -162,23 +164,28 @@ def generate(cfg: EgoSimConfig, out: str | os.PathLike, *, jobs: int = 1,
     plans = plan_sessions(cfg)
     work = [(cfg, p, str(out)) for p in plans]
     entries: list[dict] = []
+    looked: dict[str, list] = {}
+
+    def done(result: tuple[dict, list]) -> None:
+        entries.append(result[0])
+        looked[result[0]["video_uid"]] = result[1]
+        if on_session:
+            on_session()
+
     if jobs > 1 and len(work) > 1:
         with process_pool(jobs) as pool, stopped_on_error(pool):
-            for entry in pool.map(_session_job, work):
-                entries.append(entry)
-                if on_session:
-                    on_session()
+            for result in pool.map(_session_job, work):
+                done(result)
     else:
         for w in work:
-            entries.append(_session_job(w))
-            if on_session:
-                on_session()
+            done(_session_job(w))
     (out / "annotations").mkdir(exist_ok=True)
     for split in SPLITS:
         write_json_atomic(out / "annotations" / f"nlq_{split}.json", {
             "version": ANNOTATION_VERSION, "date": "egosim",
             "description": f"EgoSim NLQ annotations ({split})",
             "videos": [e for e in entries if e["split"] == split]})
+    write_looked_at(out / "annotations" / LOOKED_AT, [o[0] for o in OBJECTS], looked)
     manifest = {
         "generator": "gazenlq EgoSim", "config": cfg.to_dict(),
         "fingerprint": cfg.fingerprint(),

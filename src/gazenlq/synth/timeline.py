@@ -59,12 +59,30 @@ class Timeline:
     scene_pos: np.ndarray  # [S, MAX_VISIBLE, 2] image (x, y) in [0, 1]
     fix_start: np.ndarray  # [F] seconds, sorted
     fix_xy: np.ndarray  # [F, 2]
+    fix_obj: np.ndarray  # [F] the object each fixation lands on, -1: none
     untracked: np.ndarray  # [U, 2] intervals in seconds
 
     def scene_at(self, seconds: float | np.ndarray) -> np.ndarray:
         """Index of the scene showing at ``seconds`` (a scalar or an array of times)."""
         scene = np.searchsorted(self.scene_start, seconds, side="right") - 1
         return np.clip(scene, 0, len(self.scene_start) - 1)
+
+
+def looked_at_spans(tl: Timeline) -> list[tuple[float, float, int]]:
+    """What the wearer looked at: ``(start_s, end_s, object)`` for every run of consecutive
+    fixations on one object (a fixation lasts until the next one starts; fixations on no
+    object are left out)."""
+    ends = np.append(tl.fix_start[1:], tl.duration_s)
+    spans: list[tuple[float, float, int]] = []
+    for s, e, o in zip(tl.fix_start, ends, tl.fix_obj):
+        e = min(float(e), tl.duration_s)
+        if o < 0 or e <= s:
+            continue
+        if spans and spans[-1][2] == o and spans[-1][1] >= s:
+            spans[-1] = (spans[-1][0], e, int(o))
+        else:
+            spans.append((float(s), e, int(o)))
+    return spans
 
 
 def answer_duration(rng: np.random.Generator) -> float:
@@ -125,6 +143,7 @@ class _SceneLog:
         self.rows: list[tuple] = []
         self.fix_start: list[float] = []
         self.fix_xy: list[np.ndarray] = []
+        self.fix_obj: list[int] = []
 
     def add(self, start: float, end: float, place: int, objects: list[int], handled: bool,
             verb: int = -1, person: int = -1) -> None:
@@ -135,12 +154,14 @@ class _SceneLog:
         t = start
         while t < end:  # fixations: 0.15 s + exponential(0.45 s)
             if handled and rng.random() >= diff.gaze_off:
-                target = pos[0]
+                target, obj = pos[0], objects[0]
             elif len(objects) > int(handled) and rng.random() < 0.85:
-                target = pos[rng.integers(int(handled), len(objects))]
+                i = rng.integers(int(handled), len(objects))
+                target, obj = pos[i], objects[i]
             else:
-                target = rng.uniform(0.1, 0.9, size=2)
+                target, obj = rng.uniform(0.1, 0.9, size=2), -1
             self.fix_start.append(t)
+            self.fix_obj.append(int(obj))
             self.fix_xy.append(target + rng.normal(0.0, 0.015, size=2))
             t += 0.15 + float(rng.exponential(0.45))
 
@@ -214,5 +235,6 @@ def build_timeline(cfg: EgoSimConfig, rng: np.random.Generator) -> Timeline:
         scene_pos=pos,
         fix_start=np.array(log.fix_start),
         fix_xy=np.array(log.fix_xy).reshape(-1, 2),
+        fix_obj=np.array(log.fix_obj, dtype=np.int32),
         untracked=untracked.reshape(-1, 2),
     )

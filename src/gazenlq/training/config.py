@@ -133,6 +133,19 @@ class CoarseConfig:
 
 
 @dataclass(frozen=True)
+class SemanticConfig:
+    """The semantic gaze-target head (``gazenlq.training.semantic``): per step, a label
+    embedding of the looked-at object in the text encoder's noun space, an MLP of ``hidden``
+    units trained beside stage 2 by InfoNCE (learned temperature from ``temperature``, loss
+    weight ``weight``) on the steps a looked-at file labels (``gaze-train --looked-at``)."""
+
+    enabled: bool = False
+    hidden: int = 256
+    temperature: float = 0.07
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; saved as JSON beside every checkpoint."""
 
@@ -155,6 +168,8 @@ class TrainConfig:
     """Off by default (and in checkpoints from before it existed); on in the presets."""
     pool: GazePoolConfig = field(default_factory=GazePoolConfig)
     """The attention pooling of the 'gaze_reg' / 'gaze_pool' variants."""
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
+    """Off by default; on with ``gaze-train --looked-at`` (needs a looked-at file)."""
 
     @property
     def gaze_reg_weight(self) -> float:

@@ -103,15 +103,19 @@ class GroundingDataset(torch.utils.data.Dataset):
     (``gaze_tokens``) instead. ``gaze_grid`` adds the ground-truth gaze of every step for
     the attention regulariser (``gaze_pool``): its maps' mass in each cell of a
     ``gaze_grid`` x ``gaze_grid`` grid (``gaze_cells``) and whether the step has gaze
-    (``has_gaze``: tracked, in a store with gaze maps).
+    (``has_gaze``: tracked, in a store with gaze maps). ``looked_at`` (store -> per-step
+    object ids, ``gaze.looked_at.step_labels``) adds each step's looked-at object
+    (``looked_at``, -1: none) for the semantic head.
     """
 
     def __init__(self, items: list[ClipItem], query_ids: dict[str, int], *,
                  max_len: int | None, with_gaze: bool, seed: int, gaze_tokens=None,
-                 gaze_grid: int | None = None) -> None:
+                 gaze_grid: int | None = None,
+                 looked_at: dict[Path, np.ndarray] | None = None) -> None:
         self.clips, self.query_ids = items, query_ids
         self.max_len, self.with_gaze, self.seed = max_len, with_gaze, seed
         self.gaze_tokens, self.gaze_grid = gaze_tokens, gaze_grid
+        self.looked_at = looked_at
         self.tiles = [(c, k) for c, item in enumerate(items)
                       for k in range(1 if max_len is None else -(-item.length // max_len) + 1)]
         self.epoch = 0
@@ -146,6 +150,8 @@ class GroundingDataset(torch.utils.data.Dataset):
             out["gaze_tokens"] = self.gaze_tokens.read(item.clip_uid, start, start + length)
         if self.gaze_grid is not None:
             out.update(_gaze_cells(store, s0, s1, self.gaze_grid))
+        if self.looked_at is not None:
+            out["looked_at"] = self.looked_at[item.store][s0:s1]
         return out
 
 
@@ -202,6 +208,8 @@ class GroundingCollate:
                  for k in ("video", "gaze", "gaze_tokens", "gaze_cells") if k in items[0]}
         if "has_gaze" in items[0]:
             steps["has_gaze"] = torch.zeros(c, t, dtype=torch.bool)
+        if "looked_at" in items[0]:  # padded steps are unlabelled
+            steps["looked_at"] = torch.full((c, t), -1, dtype=torch.int64)
         clip_of, answers, qids = [], [], []
         for j, it in enumerate(items):
             n = len(it["video"])

@@ -13,13 +13,15 @@ from gazenlq.training.config import ESTIMATOR_VARIANTS, POOL_VARIANTS, TrainConf
 from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.gaze_pool import GazePool
 from gazenlq.training.grounding import GroundingModel
+from gazenlq.training.semantic import SemanticHead
 
 
 class GazeNLQ(nn.Module):
     """``grounding`` plus the source of its gaze tokens - the stage-1 ``estimator``
     (``ESTIMATOR_VARIANTS``) or the attention ``pool`` trained with it (``POOL_VARIANTS``)
-    - and the ``coarse`` heads of coarse-to-fine search when configured. One state dict
-    (``grounding.*``, ``estimator.*`` or ``pool.*``, ``coarse.*``) is one checkpoint."""
+    - and, when configured, the ``coarse`` heads of coarse-to-fine search and the
+    ``semantic`` head of what the wearer looked at. One state dict (``grounding.*``,
+    ``estimator.*`` or ``pool.*``, ``coarse.*``, ``semantic.*``) is one checkpoint."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
@@ -42,13 +44,20 @@ class GazeNLQ(nn.Module):
                 torch.manual_seed(cfg.stage2.seed + 0xC0A)
                 self.coarse = CoarseHeads(cfg.coarse, cfg.grounding.hidden,
                                           cfg.grounding.text_dim, uses_gaze)
+        self.semantic = None
+        if cfg.semantic.enabled:  # likewise from its own forked RNG
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.stage2.seed + 0x5E3)
+                self.semantic = SemanticHead(
+                    cfg.semantic, cfg.grounding.hidden + (source.token_dim if source else 0),
+                    cfg.grounding.text_dim)
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
-        """Parameters whose gradients are clipped together: the coarse heads on their own,
-        so that they never change the grounding model's updates."""
-        coarse = list(self.coarse.parameters()) if self.coarse is not None else []
-        ids = {id(p) for p in coarse}
-        return [g for g in ([p for p in self.parameters() if id(p) not in ids], coarse) if g]
+        """Parameters whose gradients are clipped together: the coarse and semantic heads
+        each on their own, so that they never change the grounding model's updates."""
+        heads = [list(h.parameters()) for h in (self.coarse, self.semantic) if h is not None]
+        ids = {id(p) for h in heads for p in h}
+        return [g for g in ([p for p in self.parameters() if id(p) not in ids], *heads) if g]
 
     def train(self, mode: bool = True) -> GazeNLQ:
         super().train(mode)

@@ -13,6 +13,8 @@ import torch
 
 from gazenlq.atomic import write_json_atomic
 from gazenlq.errors import GazeNLQError
+from gazenlq.gaze.looked_at import FILE_NAME as LOOKED_AT
+from gazenlq.gaze.looked_at import LookedAt, read_looked_at, step_labels
 from gazenlq.gaze.metrics import cc, kl_div
 from gazenlq.nlq.annotations import QueryTable, load_queries
 from gazenlq.nlq.evaluation import evaluate
@@ -25,6 +27,7 @@ from gazenlq.training import checkpoint, distributed, trainer
 from gazenlq.training.coarse import coarse_loss
 from gazenlq.training.config import ESTIMATOR_VARIANTS, TrainConfig
 from gazenlq.training.data import (
+    ClipItem,
     GazeWindows,
     GroundingCollate,
     GroundingDataset,
@@ -37,6 +40,7 @@ from gazenlq.training.gaze_cache import GazeTokens
 from gazenlq.training.gaze_pool import GazePool, attention_kl
 from gazenlq.training.infer import predict
 from gazenlq.training.model import GazeNLQ, with_dims
+from gazenlq.training.semantic import noun_embedding, semantic_loss
 from gazenlq.training.targets import PositiveNormaliser, grounding_loss
 
 
@@ -48,13 +52,15 @@ class DataPaths:
     train: Path
     val: Path
     test: Path | None = None
+    looked_at: Path | None = None
+    """What the wearer looked at (``gaze.looked_at``), for the semantic head."""
 
     @classmethod
     def egosim(cls, root: Path) -> DataPaths:
         """The layout ``gaze-synth`` writes."""
         ann = root / "annotations"
         return cls(root / "stores", ann / "nlq_train.json", ann / "nlq_val.json",
-                   ann / "nlq_test.json")
+                   ann / "nlq_test.json", ann / LOOKED_AT)
 
 
 def _split_stores(stores: Location, table: QueryTable) -> list[Location]:
@@ -199,13 +205,15 @@ def train_estimator(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
     return out / "stage1" / "best"
 
 
-def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
-                   ) -> dict[str, torch.Tensor]:
+def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser,
+                   nouns: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Stage-2 losses of one collated batch: one video pass per window, one grounding pass
     per query (``batch["clip_of"]`` maps queries to windows). Gaze tokens come from the
     batch when cached (frozen estimator), else from the estimator or the attention pool,
     whose attention regulariser (``gaze_pool``) joins the loss with weight
-    ``cfg.gaze_reg_weight`` (logged as ``attn_kl`` at any weight)."""
+    ``cfg.gaze_reg_weight`` (logged as ``attn_kl`` at any weight). The semantic head, when
+    the model has one, learns the batch's ``looked_at`` labels against ``nouns``, the
+    vocabulary's noun embeddings."""
     gaze, attn = batch.get("gaze_tokens"), None
     if model.pool is not None:
         gaze, attn = model.pool(batch["gaze"], batch["mask"])
@@ -230,7 +238,30 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser
         losses["coarse"] = coarse_loss(model.coarse, v, g, batch["mask"], batch["tokens"],
                                        batch["text_mask"], batch["answers"], idx)
         losses["loss"] = losses["loss"] + model.cfg.coarse.weight * losses["coarse"]
+    if model.semantic is not None:  # likewise on detached inputs
+        losses["looked_at"] = semantic_loss(model.semantic, v, gaze, batch["mask"],
+                                            batch["looked_at"], nouns.to(v.device))
+        losses["loss"] = losses["loss"] + model.cfg.semantic.weight * losses["looked_at"]
     return losses
+
+
+def looked_at_labels(looked: LookedAt, items: list[ClipItem]) -> dict[Path, np.ndarray]:
+    """Per store of ``items``, every step's looked-at object (``step_labels``)."""
+    out = {}
+    for item in items:
+        if item.store not in out:
+            store = FeatureStore.open(item.store)
+            out[item.store] = step_labels(looked.spans(store.info.video_uid), store.info.grid,
+                                          store.num_steps, len(looked.objects))
+    return out
+
+
+def noun_table(cfg: TrainConfig, names: Sequence[str]) -> torch.Tensor:
+    """``[V, text_dim]`` noun embeddings of ``names`` with the frozen text encoder."""
+    text = TextFeatures(list(names), build_text_encoder(cfg.text).eval(),
+                        load_tokenizer(cfg.text))
+    feats, mask = text.batch([text.index[n] for n in names])
+    return noun_embedding(feats, mask)
 
 
 def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: bool, quiet: bool,
@@ -252,6 +283,20 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         model.estimator.load_state_dict(checkpoint.load_weights(estimator_ckpt))
     train_items = clip_items(train_table, data.stores)
     val_items = clip_items(val_table, data.stores)
+    labels = nouns = None
+    stage_config: dict = {}
+    if model.semantic is not None:
+        if data.looked_at is None or not Path(data.looked_at).is_file():
+            raise GazeNLQError(f"{data.looked_at or 'the looked-at file'}: missing; the "
+                               "semantic head learns from a looked-at file (gaze-synth "
+                               "writes annotations/looked_at.json)")
+        looked = read_looked_at(data.looked_at)
+        labels = looked_at_labels(looked, train_items)
+        if not any((v >= 0).any() for v in labels.values()):
+            raise GazeNLQError(f"{data.looked_at}: labels none of the training steps; are "
+                               "these the stores' video uids?")
+        nouns = noun_table(cfg, looked.objects)
+        stage_config["looked_at"] = {"objects": list(looked.objects)}
     tokens = None
     if model.estimator is not None and cfg.freeze_estimator:
         if distributed.is_main():  # under torchrun: built once, by rank 0
@@ -264,14 +309,15 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
     dataset = GroundingDataset(train_items, text.index, max_len=cfg.train_max_len,
                                with_gaze=model.gaze_source is not None and tokens is None,
                                seed=cfg.stage2.seed, gaze_tokens=tokens,
-                               gaze_grid=cfg.pool.grid if model.pool is not None else None)
+                               gaze_grid=cfg.pool.grid if model.pool is not None else None,
+                               looked_at=labels)
     norm = PositiveNormaliser()
     val_gaze = None
     if model.pool is not None:  # attention vs gaze on the eye-tracked val stores
         val_gaze = GazeWindows(_split_stores(data.stores, val_table), cfg.stage1_window)
 
     def step(m: GazeNLQ, batch: dict) -> dict[str, torch.Tensor]:
-        return grounding_step(m, batch, norm)
+        return grounding_step(m, batch, norm, nouns)
 
     def validate(m: GazeNLQ) -> dict[str, float]:
         out = _recall_metrics(predict(m.grounding, m.gaze_source, val_items, text,
@@ -286,7 +332,7 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
         validate=validate, score="R1@0.3", higher_is_better=True, workers=cfg.workers,
         device=resolve_device(cfg.device),
         config={"kind": "gazenlq", "train_config": cfg.to_dict(),
-                **checkpoint.grid_entry(grid)},
+                **checkpoint.grid_entry(grid), **stage_config},
         items_per_batch=lambda b: len(b["clip_of"]),
         extra_state=lambda: {"normaliser": norm.value},
         load_extra_state=lambda d: setattr(norm, "value", d["normaliser"]))
