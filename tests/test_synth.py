@@ -8,13 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gazenlq.nlq.annotations import load_queries
 from gazenlq.store import GAZE_MAPS, GAZE_TYPE, FeatureStore, GazeType
 from gazenlq.store.writer import partial_paths
 from gazenlq.synth.concepts import compute_text_embeddings, concept_names, text_embeddings
-from gazenlq.synth.config import DIFFICULTIES, EgoSimConfig
-from gazenlq.synth.dataset import generate, plan_sessions, session_timeline, write_session
+from gazenlq.synth.config import DIFFICULTIES, Difficulty, EgoSimConfig
+from gazenlq.synth.dataset import (
+    generate,
+    plan_sessions,
+    session_timeline,
+    video_entry,
+    write_session,
+)
+from gazenlq.synth.queries import SynthQuery, annotated
 from gazenlq.synth.render import render
 from gazenlq.synth.stats import nlq_stats
 from gazenlq.synth.world import VERB_INDEX, World
@@ -210,6 +219,60 @@ def test_old_manifests_without_text_align_read_as_unaligned():
     d = EgoSimConfig().to_dict()
     del d["difficulty"]["text_align"]
     assert EgoSimConfig.from_dict(d).difficulty.text_align == 0.0
+
+
+def _iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.floats(0, 400), length=st.floats(0.25, 150), before=st.floats(0, 30),
+       after=st.floats(0, 30), boundary=st.floats(0, 0.3), seed=st.integers(0, 2**32 - 1))
+def test_annotated_windows_stay_on_their_event(start, length, before, after, boundary, seed):
+    event = (start, start + length)
+    bounds = (start - before, start + length + after)
+    q = annotated(SynthQuery("t", "q", "x", "put", *event), bounds, boundary,
+                  np.random.default_rng(seed))
+    assert bounds[0] <= q.start_s < q.end_s <= bounds[1]
+    # truncated at 2 std: the centre moves at most 0.6 lengths, the length shrinks at
+    # most by exp(-0.6), so the annotator's window always overlaps the event (IoU >= 0.127)
+    assert _iou((q.start_s, q.end_s), event) >= 0.12
+    if boundary == 0:
+        assert (q.start_s, q.end_s) == event
+
+
+def test_boundary_knob_moves_the_answer_windows_only():
+    crisp = EgoSimConfig(seed=6, sessions=2, difficulty=Difficulty(boundary=0.0))
+    fuzzy = EgoSimConfig(seed=6, sessions=2)
+    assert fuzzy.difficulty.boundary == 0.3
+    ious = []
+    for plan in plan_sessions(crisp):
+        tl = session_timeline(crisp, plan)
+        assert tl.events == session_timeline(fuzzy, plan).events
+        a, b = video_entry(crisp, plan, tl), video_entry(fuzzy, plan, tl)
+        assert video_entry(fuzzy, plan, tl) == b  # deterministic per seed
+        qa = [q for c in a["clips"] for g in c["annotations"] for q in g["language_queries"]]
+        qb = [q for c in b["clips"] for g in c["annotations"] for q in g["language_queries"]]
+        assert [q["query"] for q in qa] == [q["query"] for q in qb]
+        ious += [_iou((x["clip_start_sec"], x["clip_end_sec"]),
+                      (y["clip_start_sec"], y["clip_end_sec"])) for x, y in zip(qa, qb)]
+    assert len(ious) > 10 and max(ious) <= 1.0 and min(ious) >= 0.12
+    # the windows moved: with a centre shift of 0.3 lengths, a third or more below IoU 0.5
+    assert 0.55 < np.mean(ious) < 0.85 and np.mean(np.array(ious) < 0.5) > 0.1
+
+
+def test_fingerprint_follows_the_boundary_knob():
+    crisp = EgoSimConfig(difficulty=Difficulty(boundary=0.0))
+    # the worlds made before the knob (answer window = event) keep their fingerprint ...
+    assert "boundary" not in crisp.to_dict()["difficulty"]
+    assert crisp.fingerprint() == "4dfd43369df91d77"  # docs/results.md's world until 2026-12-03
+    assert EgoSimConfig.from_dict(crisp.to_dict()) == crisp
+    # ... and every other value of it is another world
+    fingerprints = {EgoSimConfig(difficulty=Difficulty(boundary=b)).fingerprint()
+                    for b in (0.0, 0.2, 0.3)}
+    assert len(fingerprints) == 3 and EgoSimConfig().fingerprint() in fingerprints
+    assert EgoSimConfig.from_dict(EgoSimConfig().to_dict()) == EgoSimConfig()
 
 
 def test_difficulty_knob_changes_the_noise():

@@ -232,23 +232,28 @@ def test_embedding_probe_sees_objects_the_nonlinear_embedding_blurs(tiny_data):
 
 def test_failure_types_of_exact_and_swapped_answers(tiny_data, tmp_path):
     from gazenlq.nlq.submission import Entry, write_submission
+    from gazenlq.synth.dataset import plan_sessions, session_timeline
     from tools.probe import FAILURES, failure_types
 
+    manifest = json.loads((tiny_data.stores.parent / "egosim.json").read_text())
+    cfg = EgoSimConfig.from_dict(manifest["config"])
+    events = {p.video_uid: session_timeline(cfg, p).events for p in plan_sessions(cfg)}
     queries = load_queries(tiny_data.train).with_text()
-    by_clip: dict[str, list] = {}
-    for q in queries:
-        by_clip.setdefault(q.key.clip_uid, []).append(q)
 
     def entry(q, window):
         return Entry(q.key.clip_uid, q.key.annotation_uid, q.key.query_idx, (window,))
 
+    def elsewhere(q):
+        """An interaction of the query's clip that misses its answer window (clip seconds)."""
+        (c0, c1), (a0, a1) = q.clip_window, q.answer_video
+        return next(((e.start_s - c0, e.end_s - c0) for e in events[q.video_uid]
+                     if c0 <= e.start_s and e.end_s <= c1 and (e.end_s < a0 or e.start_s > a1)),
+                    None)
+
     exact, swapped = tmp_path / "exact.json", tmp_path / "swapped.json"
     write_submission(exact, [entry(q, q.answer) for q in queries])
-    # every query answered with another query's window of its clip: an interaction, not it
-    write_submission(swapped, [
-        entry(q, next(o.answer for o in qs if abs(o.answer[0] - q.answer[0]) > 60))
-        for qs in by_clip.values() for q in qs
-        if any(abs(o.answer[0] - q.answer[0]) > 60 for o in qs)])
+    # every query answered with another interaction of its clip
+    write_submission(swapped, [entry(q, w) for q in queries if (w := elsewhere(q)) is not None])
     data = tiny_data.stores.parent
     assert failure_types(data, exact, split="train")["hit"] == 1.0
     shares = failure_types(data, swapped, split="train")

@@ -45,6 +45,11 @@ def synth(
                                                       "each feature direction aligned with "
                                                       "the text embedding of its name.")]
     = None,
+    boundary: Annotated[float | None, typer.Option(min=0, help="Override: annotators' "
+                                                    "disagreement with the event on the "
+                                                    "answer window (centre shift std and "
+                                                    "log length spread, in event lengths); "
+                                                    "0: the window is the event.")] = None,
     hours: Annotated[float | None, typer.Option(min=0.05, help="Fixed session length in hours "
                                                 "(long-video benchmarks).")] = None,
     query_scope: Annotated[Scope, typer.Option(help="clip: Ego4D's layout (queries per "
@@ -80,7 +85,8 @@ def synth(
         fail(f"{out}: exists and is not a directory")
     diff = DIFFICULTIES[difficulty.value]
     overrides = {k: v for k, v in (("clutter", clutter), ("noise", noise), ("drift", drift),
-                                   ("gaze_off", gaze_off), ("text_align", text_align))
+                                   ("gaze_off", gaze_off), ("text_align", text_align),
+                                   ("boundary", boundary))
                  if v is not None}
     cfg = EgoSimConfig(seed=seed, sessions=sessions, video_dim=video_dim, cell_dim=cell_dim,
                        gaze_fraction=gaze_fraction, session_hours=hours,

@@ -25,6 +25,10 @@ class Difficulty:
         text encoder's embedding of the concept's name (video-language features like
         EgoVLP's, which Ego4D NLQ models use); 0 makes the words' meaning unlearnable except
         by memorising.
+    boundary: how much annotators disagree with the event on where its answer window lies
+        (``queries.annotated``): the window's centre moves by ``boundary`` x the
+        event's length (std) and its length is scaled by exp(``boundary`` x a standard
+        normal), both truncated at 2 std. 0 makes the answer window the event itself.
     """
 
     clutter: float = 3.0
@@ -33,10 +37,12 @@ class Difficulty:
     gaze_off: float = 0.2
     hand_cue: float = 0.8
     text_align: float = 1.0
+    boundary: float = 0.3
 
 
 DIFFICULTIES: dict[str, Difficulty] = {
-    "easy": Difficulty(clutter=1.5, noise=0.1, drift=0.1, gaze_off=0.1, hand_cue=1.0),
+    "easy": Difficulty(clutter=1.5, noise=0.1, drift=0.1, gaze_off=0.1, hand_cue=1.0,
+                       boundary=0.0),
     "default": Difficulty(),
     "hard": Difficulty(clutter=6.0, noise=0.5, drift=0.5, gaze_off=0.35, hand_cue=0.6,
                        text_align=0.0),
@@ -45,6 +51,9 @@ DIFFICULTIES: dict[str, Difficulty] = {
 
 QUERY_SCOPES = ("clip", "session")
 LATER_FIELDS = {"query_scope": "clip", "session_queries": 100}
+LATER_DIFFICULTY = {"boundary": 0.0}
+"""Difficulty knobs added after the first release, at the value that reproduces the worlds
+made before them (left out of the config's JSON there, read back when missing)."""
 
 
 @dataclass(frozen=True)
@@ -82,18 +91,23 @@ class EgoSimConfig:
 
     def to_dict(self) -> dict:
         """The config as JSON; fields added after the first release are left out at their
-        defaults, so that older datasets keep their fingerprint."""
+        defaults (difficulty knobs at the value that reproduces the older worlds), so that
+        older datasets keep their fingerprint."""
         d = asdict(self)
         for name, default in LATER_FIELDS.items():
             if d[name] == default:
                 del d[name]
+        for name, before in LATER_DIFFICULTY.items():
+            if d["difficulty"][name] == before:
+                del d["difficulty"][name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> EgoSimConfig:
         d = dict(d)
         # manifests older than the text_align knob describe unaligned worlds
-        d["difficulty"] = Difficulty(**{"text_align": 0.0, **d["difficulty"]})
+        d["difficulty"] = Difficulty(**{"text_align": 0.0, **LATER_DIFFICULTY,
+                                        **d["difficulty"]})
         d["grid"] = TimeGrid(**d["grid"])
         d["split"] = tuple(d["split"])
         return cls(**d)

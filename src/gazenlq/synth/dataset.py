@@ -18,7 +18,7 @@ from gazenlq.gaze.looked_at import write_looked_at
 from gazenlq.store import FeatureStore, StoreWriter
 from gazenlq.store import store_path as _store_path
 from gazenlq.synth.config import EgoSimConfig
-from gazenlq.synth.queries import clip_queries
+from gazenlq.synth.queries import annotated, clip_queries
 from gazenlq.synth.render import render
 from gazenlq.synth.timeline import Timeline, build_timeline, looked_at_spans
 from gazenlq.synth.world import OBJECTS, World
@@ -110,14 +110,19 @@ def write_session(cfg: EgoSimConfig, plan: SessionPlan, out: Path,
 
 
 def video_entry(cfg: EgoSimConfig, plan: SessionPlan, tl: Timeline) -> dict:
-    """The session as one ``videos[]`` entry of the Ego4D NLQ JSON (v2 layout)."""
+    """The session as one ``videos[]`` entry of the Ego4D NLQ JSON (v2 layout).
+
+    Answer windows are the annotators' (``queries.annotated``), drawn from a generator of
+    their own, so the knob moves the windows and nothing else."""
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, plan.index, 2]))
+    annotator = np.random.default_rng(np.random.SeedSequence([cfg.seed, plan.index, 4]))
     fps = cfg.grid.fps
     clips = []
     session = cfg.query_scope == "session"
     for c0, c1 in [(0.0, tl.duration_s)] if session else tl.clips:
         inside = [e for e in tl.events if e.start_s >= c0 and e.end_s <= c1]
-        queries = clip_queries(inside, rng, cfg.session_queries if session else None)
+        queries = [annotated(q, (c0, c1), cfg.difficulty.boundary, annotator) for q in
+                   clip_queries(inside, rng, cfg.session_queries if session else None)]
         groups = [queries[i:i + 7] for i in range(0, len(queries), 7)]
         annotations = [{
             "language_queries": [{

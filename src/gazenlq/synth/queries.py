@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -146,6 +146,29 @@ TEMPLATES: tuple[tuple[str, float, Picker], ...] = (
         verb_form=1)),
 )
 _WEIGHTS = np.array([w for _, w, _ in TEMPLATES]) / sum(w for _, w, _ in TEMPLATES)
+
+
+ANNOTATOR_TRUNCATE = 2.0
+"""Annotator disagreement is drawn from normals truncated at this many std."""
+
+
+def annotated(q: SynthQuery, bounds: tuple[float, float], boundary: float,
+              rng: np.random.Generator) -> SynthQuery:
+    """``q`` with the answer window an annotator marks for its event ``[start_s, end_s]``.
+
+    Real annotators disagree on where an answer starts and ends: the window's centre moves
+    by ``boundary`` x the event's length (std) and its length is scaled by
+    exp(``boundary`` x z), both normals truncated at :data:`ANNOTATOR_TRUNCATE` std, and the
+    window is kept inside ``bounds`` (the clip). ``boundary`` 0 returns ``q`` as it is.
+    """
+    if boundary <= 0:
+        return q
+    length = q.end_s - q.start_s
+    shift, scale = np.clip(rng.standard_normal(2), -ANNOTATOR_TRUNCATE, ANNOTATOR_TRUNCATE)
+    centre = (q.start_s + q.end_s) / 2 + boundary * length * float(shift)
+    half = length / 2 * float(np.exp(boundary * scale))
+    return replace(q, start_s=max(bounds[0], centre - half),
+                   end_s=min(bounds[1], centre + half))
 
 
 def queries_per_clip(rng: np.random.Generator) -> int:
