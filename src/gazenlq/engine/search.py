@@ -48,6 +48,18 @@ Target = str | os.PathLike | Sequence[str | os.PathLike]
 """A store, a directory of stores (a library), or a list of stores."""
 
 
+def _texts(texts: Sequence[str], parameter: str, none: str, blank: str) -> list[str]:
+    """``texts`` as a list for a text graph; none at all, or a blank one, is a
+    ``ParameterError`` naming ``parameter`` (``none`` / ``blank`` say what was expected)."""
+    texts = list(texts)
+    if not texts:
+        raise ParameterError(parameter, [], none)
+    for text in texts:
+        if not text.strip():
+            raise ParameterError(parameter, text, blank)
+    return texts
+
+
 def _load_kernels() -> None:
     """Import the Numba kernels (Numba's start-up) and load the two a search calls
     (decoding and Soft-NMS); the others would only lengthen a new process's first answer."""
@@ -329,13 +341,10 @@ class SearchEngine:
                         ) -> np.ndarray:
         """``[Q, D]``: the noun embeddings of ``nouns`` by the bundle's text graph."""
         self._require_looked_at()
-        if not nouns:
-            raise ParameterError("looked_at", [], "give at least one noun")
-        for n in nouns:
-            if not n.strip():
-                raise ParameterError("looked_at", n, "empty: name what was looked at")
+        nouns = _texts(nouns, "looked_at", "give at least one noun",
+                       "empty: name what was looked at")
         t0 = time.perf_counter()
-        out = self.runtime.nouns(list(nouns))
+        out = self.runtime.nouns(nouns)
         if timings is not None:
             timings.text += time.perf_counter() - t0
         return out
@@ -380,13 +389,10 @@ class SearchEngine:
         return top_k
 
     def _encode(self, queries: Sequence[str], timings: Timings) -> _Text:
-        if not queries:
-            raise ParameterError("queries", [], "give at least one question")
-        for q in queries:
-            if not q.strip():
-                raise ParameterError("queries", q, "empty query: give the question in words")
+        queries = _texts(queries, "queries", "give at least one question",
+                         "empty query: give the question in words")
         t0 = time.perf_counter()
-        out = _Text(*self.runtime.text(list(queries)))
+        out = _Text(*self.runtime.text(queries))
         timings.text += time.perf_counter() - t0
         return out
 
