@@ -254,3 +254,87 @@ def test_bundle_without_head_is_one_line(semantic_bundle, tmp_path):
     out = _cli(data.stores, "--looked-at", "bulb", "--bundle", old)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1 and "has no looked-at head" in out.stderr, out.stderr
+
+
+def _feed_models():
+    """A tiny GazeNLQ with a semantic head, without and with the looked-at feed, from the
+    same seed."""
+    from gazenlq.training.model import GazeNLQ
+    from tests.test_training_run import tiny_config
+
+    cfg = tiny_config()
+    cfg = replace(cfg, grounding=replace(cfg.grounding, video_dim=8, text_dim=12, gaze="gaze"),
+                  estimator=replace(cfg.estimator, in_dim=32, grid=4),
+                  semantic=replace(cfg.semantic, enabled=True, hidden=8))
+    torch.manual_seed(0)
+    plain = GazeNLQ(cfg)
+    torch.manual_seed(0)
+    fed = GazeNLQ(replace(cfg, grounding=replace(cfg.grounding, looked_at_feed=True)))
+    return plain, fed
+
+
+def test_looked_at_feed_starts_as_the_plain_model_and_reads_the_track():
+    plain, fed = _feed_models()
+    ref = plain.state_dict()
+    new = {k for k in fed.state_dict() if k not in ref}
+    assert new == {"grounding.looked_embed.weight", "grounding.looked_embed.bias",
+                   "grounding.gate.looked_proj.weight", "grounding.gate.looked_proj.bias"}
+    for k, v in ref.items():  # the other weights are drawn exactly as without the feed
+        assert torch.equal(fed.state_dict()[k], v), k
+    plain.eval()
+    fed.eval()
+    torch.manual_seed(1)
+    video, gaze = torch.randn(2, 16, 8), torch.randn(2, 16, 32)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 12:] = False
+    tokens, tmask = torch.randn(2, 5, 12), torch.ones(2, 5, dtype=torch.bool)
+    tok = fed.gaze_tokens(gaze, mask)
+    v, g = fed.grounding.embed_video(video, mask, tok)
+    looked = fed.looked_track(v, tok, mask)
+    assert looked.shape == (2, 16, 12) and not looked.requires_grad
+    out = fed.grounding.ground(v, g, mask, tokens, tmask, looked=looked)
+    ref_out = plain.grounding.ground(v, g, mask, tokens, tmask)
+    for a, b in zip(out, ref_out):  # the gate's new map starts at zero: the identity
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="looked"):
+        fed.grounding.ground(v, g, mask, tokens, tmask)
+    with torch.no_grad():
+        fed.grounding.gate.looked_proj.weight.normal_()
+    a = fed.grounding.ground(v, g, mask, tokens, tmask, looked=looked)[0]
+    b = fed.grounding.ground(v, g, mask, tokens, tmask, looked=looked.flip(1))[0]
+    assert not torch.allclose(a, b)  # the track now steers the scores
+
+
+def test_looked_at_feed_trains_the_grounding_model_not_the_head():
+    _, fed = _feed_models()
+    fed.train()
+    video, gaze = torch.randn(2, 16, 8), torch.randn(2, 16, 32)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    tokens, tmask = torch.randn(2, 5, 12), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        fed.grounding.gate.looked_proj.weight.normal_()
+    tok = fed.gaze_tokens(gaze, mask)
+    v, g = fed.grounding.embed_video(video, mask, tok)
+    logits = fed.grounding.ground(v, g, mask, tokens, tmask,
+                                  looked=fed.looked_track(v, tok, mask))[0]
+    logits.sum().backward()
+    assert fed.grounding.looked_embed.weight.grad is not None
+    assert all(p.grad is None for p in fed.semantic.parameters())
+
+
+def test_looked_at_feed_needs_the_head_and_is_not_exported(tmp_path):
+    from benchmarks.models import random_checkpoint
+    from gazenlq.export.exporter import export_bundle
+    from gazenlq.training.model import GazeNLQ
+
+    _, fed = _feed_models()
+    with pytest.raises(GazeNLQError, match="--looked-at"):
+        GazeNLQ(replace(fed.cfg, semantic=replace(fed.cfg.semantic, enabled=False)))
+    ckpt = random_checkpoint(fed.cfg, tmp_path / "ckpt", grid=EGO4D)
+    with pytest.raises(GazeNLQError, match="feeds the looked-at track"):
+        export_bundle(ckpt, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+    r = subprocess.run([script("gaze-train"), str(tmp_path), "--out", str(tmp_path / "run"),
+                        "--feed-looked-at"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--feed-looked-at" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

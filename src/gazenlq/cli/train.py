@@ -65,6 +65,9 @@ def train(
         "annotations/looked_at.json.")] = None,
     semantic_weight: Annotated[float, typer.Option(
         min=0, help="With --looked-at: weight of the head's InfoNCE loss.")] = 1.0,
+    feed_looked_at: Annotated[bool, typer.Option(
+        help="With --looked-at: feed the head's looked-at track into the grounding model's "
+        "query gate.")] = False,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, each in its own "
                                       "process with an equal share of the cores (2 suits a "
@@ -88,6 +91,8 @@ def train(
     for v in names:
         if v not in GAZE_VARIANTS:
             fail(f"--variants: unknown variant {v!r} (expected {', '.join(GAZE_VARIANTS)})")
+    if feed_looked_at and looked_at is None:
+        fail("--feed-looked-at: the looked-at track needs --looked-at FILE")
     from gazenlq.store.remote import location
 
     stores = location(data)
@@ -125,7 +130,8 @@ def train(
     if gaze_reg_weight is not None:
         cfg = replace(cfg, pool=replace(cfg.pool, weight=gaze_reg_weight))
     if looked_at is not None:
-        cfg = replace(cfg, semantic=replace(cfg.semantic, enabled=True, weight=semantic_weight))
+        cfg = replace(cfg, semantic=replace(cfg.semantic, enabled=True, weight=semantic_weight),
+                      grounding=replace(cfg.grounding, looked_at_feed=feed_looked_at))
     if stage1_epochs is not None:
         cfg = replace(cfg, stage1=replace(cfg.stage1, epochs=stage1_epochs,
                                           warmup_epochs=min(cfg.stage1.warmup_epochs,
@@ -140,7 +146,8 @@ def train(
              *(["--gaze-reg-weight", str(gaze_reg_weight)]
                if gaze_reg_weight is not None else []),
              *(["--looked-at", _published(looked_at, data), "--semantic-weight",
-                str(semantic_weight)] if looked_at is not None else [])]
+                str(semantic_weight)] if looked_at is not None else []),
+             *(["--feed-looked-at"] if feed_looked_at else [])]
     # The command as a report can publish it: DATA and RUN stand for this machine's paths.
     table["data"], table["out"] = str(data), str(out)
     table["command"] = shlex.join(["gaze-train", "DATA", "--out", "RUN", "--preset",

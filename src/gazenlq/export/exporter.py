@@ -200,6 +200,10 @@ def export_bundle(checkpoint: Path, out: Path, *, fp16: bool = False,
     checkpoint = Path(checkpoint)
     model, conf = load_model(checkpoint)
     checkpoint_grid(checkpoint, conf)  # refuse a checkpoint without its time grid up front
+    if model.cfg.grounding.looked_at_feed:
+        raise GazeNLQError(f"{checkpoint}: this model feeds the looked-at track into "
+                           "grounding (gaze-train --feed-looked-at, an experiment the search "
+                           "engine does not run); export a model trained without it")
     encoder, tokenizer = _text(model)
     defs = graph_defs(model, encoder)
     precisions = ["fp32", "fp16"] if fp16 else ["fp32"]

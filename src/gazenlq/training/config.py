@@ -85,6 +85,10 @@ class GroundingConfig:
     focal_gamma: float = 2.0
     label_smoothing: float = 0.1
     prior_prob: float = 0.01
+    looked_at_feed: bool = False
+    """Feed the semantic head's looked-at embeddings (what the wearer looked at, per step)
+    into the query gate as a third product with the query (``QueryGate``). Needs the
+    semantic head (``gaze-train --looked-at``)."""
     saliency_weight: float = 0.0
     """Weight of the saliency loss on the query gate's match scores (0: GroundNLQ's losses
     only; ``targets.saliency_loss``)."""

@@ -97,24 +97,32 @@ class QueryGate(nn.Module):
     small model learns in a few epochs. The maps start at zero: the gate starts as the
     identity."""
 
-    def __init__(self, dim: int, gaze: bool = False) -> None:
+    def __init__(self, dim: int, gaze: bool = False, looked: bool = False) -> None:
         super().__init__()
         self.proj = nn.Linear(dim, dim)
         self.gaze_proj = nn.Linear(dim, dim) if gaze else None
-        for layer in (self.proj, self.gaze_proj):
+        self.looked_proj = None
+        if looked:  # zeroed below; its construction must not move the RNG of the rest
+            with torch.random.fork_rng(devices=[]):
+                self.looked_proj = nn.Linear(dim, dim)
+        for layer in (self.proj, self.gaze_proj, self.looked_proj):
             if layer is not None:
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor,
-                gaze_ctx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                gaze_ctx: torch.Tensor | None = None, looked: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> gated steps ``[Q, T, D]`` and each step's match score with the query
-        ``[Q, T]``: the sum of the products over the channels, ``x . W q (+ g . W_g q)``,
-        scaled by ``1/sqrt(D)`` (what the saliency loss trains; ``saliency_loss``)."""
+        ``[Q, T]``: the sum of the products over the channels, ``x . W q (+ g . W_g q)
+        (+ l . W_l q)``, ``l`` the embedded looked-at track, scaled by ``1/sqrt(D)`` (what
+        the saliency loss trains; ``saliency_loss``)."""
         q = masked_mean(text, text_mask)
         prod = x * self.proj(q).unsqueeze(1)
         if self.gaze_proj is not None:
             prod = prod + gaze_ctx * self.gaze_proj(q).unsqueeze(1)
+        if self.looked_proj is not None:
+            prod = prod + looked * self.looked_proj(q).unsqueeze(1)
         return x + prod, prod.sum(-1) / math.sqrt(x.shape[-1])
 
 
@@ -141,7 +149,15 @@ class GroundingModel(nn.Module):
         self.gaze_embed = _proj(gaze_dim, h) if gaze_dim else None
         self.gaze_skip = nn.Linear(gaze_dim, h) if gaze_dim and cfg.embed_skip else None
         self.fusion = GazeFusion(cfg) if gaze_dim else None
-        self.gate = QueryGate(h, gaze=gaze_dim is not None) if cfg.query_gate else None
+        if cfg.looked_at_feed and not cfg.query_gate:
+            raise ValueError("looked_at_feed enters through the query gate (query_gate=True)")
+        self.gate = QueryGate(h, gaze=gaze_dim is not None, looked=cfg.looked_at_feed) \
+            if cfg.query_gate else None
+        self.looked_embed = None
+        if cfg.looked_at_feed:  # from a forked RNG: the other weights stay what they were
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0x100C)
+                self.looked_embed = nn.Linear(cfg.text_dim, h)
         n = cfg.stem_blocks + cfg.branch_blocks
         rates = torch.linspace(0, cfg.drop_path, n).tolist()
         self.stem = nn.ModuleList(
@@ -189,18 +205,24 @@ class GroundingModel(nn.Module):
         return t
 
     def ground(self, video_emb: torch.Tensor, gaze_emb: torch.Tensor | None, mask: torch.Tensor,
-               tokens: torch.Tensor, text_mask: torch.Tensor, with_match: bool = False
-               ) -> tuple[torch.Tensor, ...]:
+               tokens: torch.Tensor, text_mask: torch.Tensor, with_match: bool = False,
+               looked: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """Per-query part -> ``logits [B, M]``, ``distances [B, M, 2]`` (in units of each
         level's stride), ``point_mask [B, M]`` and, with ``with_match`` (training), the
-        query gate's per-step match scores ``[B, T]``."""
+        query gate's per-step match scores ``[B, T]``. ``looked`` ``[B, T, text_dim]``: the
+        semantic head's embeddings, for a model with ``cfg.looked_at_feed``."""
         text = self.encode_text(tokens, text_mask)
         x = video_emb
         if self.fusion is not None:
             x = self.fusion(x, gaze_emb, mask, text, text_mask)
+        looked_ctx = None
+        if self.looked_embed is not None:
+            if looked is None:
+                raise ValueError("this model feeds the looked-at track; pass looked")
+            looked_ctx = self.looked_embed(looked) * mask.unsqueeze(-1).to(x.dtype)
         match = None
         if self.gate is not None:
-            x, match = self.gate(x, text, text_mask, gaze_emb)
+            x, match = self.gate(x, text, text_mask, gaze_emb, looked_ctx)
         for block in self.stem:
             x, mask = block(x, mask, text, text_mask)
         feats, masks = [], []

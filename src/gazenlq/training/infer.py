@@ -19,6 +19,7 @@ from gazenlq.training.device import model_device
 from gazenlq.training.estimator import GazeEstimator
 from gazenlq.training.gaze_pool import GazePool
 from gazenlq.training.grounding import GroundingModel
+from gazenlq.training.semantic import SemanticHead
 
 
 @torch.no_grad()
@@ -56,9 +57,11 @@ def clip_inputs(item: ClipItem, multiple: int, estimator: GazeEstimator | GazePo
 def predict(model: GroundingModel, estimator: GazeEstimator | GazePool | None,
             items: list[ClipItem],
             text: TextFeatures, post: PostprocessConfig | None = None,
-            chunk: int = 32, gaze_tokens=None) -> list[Entry]:
+            chunk: int = 32, gaze_tokens=None, semantic: SemanticHead | None = None
+            ) -> list[Entry]:
     """Top-k windows (clip seconds) for every query of ``items``; ``gaze_tokens`` (a
-    ``gaze_cache.GazeTokens`` holding these clips) replaces running the estimator."""
+    ``gaze_cache.GazeTokens`` holding these clips) replaces running the estimator;
+    ``semantic``, the looked-at track's head, for a model with ``looked_at_feed``."""
     model.eval()
     device = model_device(model)
     post = post or PostprocessConfig()
@@ -74,6 +77,7 @@ def predict(model: GroundingModel, estimator: GazeEstimator | GazePool | None,
                                         estimator if uses_gaze else None, cfg.gaze, device,
                                         cached)
         v, g = model.embed_video(video, mask, gaze)
+        looked = None if model.looked_embed is None else semantic(v, gaze, mask)
         sizes = level_sizes(video.shape[1], cfg.levels)
         for c in range(0, len(item.queries), chunk):
             queries = item.queries[c:c + chunk]
@@ -81,7 +85,8 @@ def predict(model: GroundingModel, estimator: GazeEstimator | GazePool | None,
             q = len(queries)
             logits, dists, pmask = model.ground(
                 v.expand(q, -1, -1), None if g is None else g.expand(q, -1, -1),
-                mask.expand(q, -1), tokens.to(device), tmask.to(device))
+                mask.expand(q, -1), tokens.to(device), tmask.to(device),
+                looked=None if looked is None else looked.expand(q, -1, -1))
             logits = logits.masked_fill(~pmask, float("-inf")).float().cpu()
             for query, lg, d in zip(queries, logits.numpy(), dists.float().cpu().numpy()):
                 kept = postprocess_query(lg, d, sizes, cfg.strides, config=post)

@@ -44,6 +44,9 @@ class GazeNLQ(nn.Module):
                 torch.manual_seed(cfg.stage2.seed + 0xC0A)
                 self.coarse = CoarseHeads(cfg.coarse, cfg.grounding.hidden,
                                           cfg.grounding.text_dim, uses_gaze)
+        if cfg.grounding.looked_at_feed and not cfg.semantic.enabled:
+            raise GazeNLQError("looked_at_feed reads the semantic head: train with "
+                               "--looked-at")
         self.semantic = None
         if cfg.semantic.enabled:  # likewise from its own forked RNG
             with torch.random.fork_rng(devices=[]):
@@ -51,6 +54,17 @@ class GazeNLQ(nn.Module):
                 self.semantic = SemanticHead(
                     cfg.semantic, cfg.grounding.hidden + (source.token_dim if source else 0),
                     cfg.grounding.text_dim)
+
+    def looked_track(self, video_emb: torch.Tensor, gaze_tokens: torch.Tensor | None,
+                     mask: torch.Tensor) -> torch.Tensor | None:
+        """The semantic head's looked-at embeddings as the grounding model's input, for a
+        model with ``looked_at_feed`` (else None): detached, so the head learns only from
+        the looked-at labels and the grounding model learns to read it."""
+        if self.grounding.looked_embed is None:
+            return None
+        return self.semantic(video_emb.detach(),
+                             None if gaze_tokens is None else gaze_tokens.detach(),
+                             mask).detach()
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameters whose gradients are clipped together: the coarse and semantic heads

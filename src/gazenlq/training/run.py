@@ -224,8 +224,10 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser,
     cfg = model.cfg.grounding
     saliency = cfg.saliency_weight > 0
     mask = batch["mask"][idx]
+    looked = model.looked_track(v, gaze, batch["mask"])
     out = model.grounding.ground(v[idx], None if g is None else g[idx], mask,
-                                 batch["tokens"], batch["text_mask"], with_match=saliency)
+                                 batch["tokens"], batch["text_mask"], with_match=saliency,
+                                 looked=None if looked is None else looked[idx])
     losses = grounding_loss(*out[:3], batch["answers"], cfg, norm,
                             match=out[3] if saliency else None, step_mask=mask)
     if attn is not None:
@@ -321,7 +323,7 @@ def train_grounding(cfg: TrainConfig, data: DataPaths, out: Path, *, resume: boo
 
     def validate(m: GazeNLQ) -> dict[str, float]:
         out = _recall_metrics(predict(m.grounding, m.gaze_source, val_items, text,
-                                      gaze_tokens=tokens), val_table)
+                                      gaze_tokens=tokens, semantic=m.semantic), val_table)
         if val_gaze is not None and len(val_gaze):
             out.update(attention_metrics(m.pool, val_gaze))
         return out
@@ -411,7 +413,8 @@ def train(cfg: TrainConfig, data: DataPaths, out: Path, *, variant: str, seed: i
     results["val"] = checkpoint.load_config(out / "stage2" / "best")["metrics"]
     if test_table is not None and test_table.with_text():
         items = clip_items(test_table, data.stores)
-        entries = predict(model.grounding, model.gaze_source, items, text)
+        entries = predict(model.grounding, model.gaze_source, items, text,
+                          semantic=model.semantic)
         write_submission(out / "test_predictions.json", entries)
         results["test"] = _recall_metrics(entries, test_table)
     results["parameters"] = sum(p.numel() for p in model.grounding.parameters())
