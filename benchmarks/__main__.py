@@ -38,6 +38,7 @@ BENCHES = (
     Bench("gpu", "bench_gpu", "paper preset on every backend (CUDA / TensorRT when present)"),
     Bench("cluster", "bench_cluster", "Dask indexing 1/2 workers, S3 vs disk search, DDP step"),
     Bench("ann", "bench_ann", "coarse span search: exact BLAS vs ANN, recall, crossover"),
+    Bench("variants", "bench_variants", "search cost per gaze system: per-video graph, query"),
 )
 
 

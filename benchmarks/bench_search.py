@@ -23,7 +23,7 @@ QUERIES = ["where did I put the bulb", "which tool did I pick up", "what did I p
            "where is my wallet", "who handed me the keys", "how many eggs did I cut",
            "in which room did I see the kettle", "where was the mug before I washed the pan"]
 
-def _store(hours: float) -> Path:
+def video_store(hours: float) -> Path:
     """An EgoSim session of ``hours`` (no gaze maps: search does not read them)."""
     from gazenlq.store import find_stores
     from gazenlq.synth.config import EgoSimConfig
@@ -49,7 +49,7 @@ def main() -> None:
 
         args.bundle = random_bundle(config("small", video_dim=256, gaze_dim=512), OUT)
     lengths = (1 / 6, 1.0) if args.quick else (1 / 6, 1.0, 3.0, 10.0)
-    stores = {h: _store(h) for h in lengths}
+    stores = {h: video_store(h) for h in lengths}
     labels = {h: ("10 min" if h < 1 else f"{h:g} h") for h in lengths}
     bundle = str(args.bundle)
 

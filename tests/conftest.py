@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,9 +18,11 @@ BIN = Path(sys.executable).parent
 os.environ.setdefault("GAZENLQ_NO_PROGRESS", "1")
 # the default bundle and the bundle-hash memo live in the user's data and cache
 # directories: tests (and the commands they start) get their own, empty ones, and no bundle
-# from the environment
-os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="gazenlq-test-data-")
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="gazenlq-test-cache-")
+# from the environment; both are removed when the session ends
+for _var, _prefix in (("XDG_DATA_HOME", "gazenlq-test-data-"),
+                      ("XDG_CACHE_HOME", "gazenlq-test-cache-")):
+    os.environ[_var] = tempfile.mkdtemp(prefix=_prefix)
+    atexit.register(shutil.rmtree, os.environ[_var], ignore_errors=True)
 os.environ.pop("GAZENLQ_BUNDLE", None)
 
 
