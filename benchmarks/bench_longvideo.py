@@ -48,15 +48,20 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-def _models(runs: Path | None) -> Path:
-    """Run directory with gaze-s0 and none-s0 (trained here when not given)."""
+def _models(runs: Path | None, fusion: str = "early") -> Path:
+    """Run directory with gaze-s0 and none-s0 of ``fusion`` (trained here when not given;
+    a late-fusion run starts from the early run's stage 1, the same estimator)."""
     if runs is not None:
         return runs
-    runs = OUT / "runs"
+    runs = OUT / ("runs" if fusion == "early" else f"runs-{fusion}")
     data = OUT / "egosim"
+    if fusion != "early":
+        stage1 = _models(None) / "gaze-s0" / "stage1"
+        if not (runs / "gaze-s0" / "stage1").exists():
+            shutil.copytree(stage1, runs / "gaze-s0" / "stage1")
     _run(_bin("gaze-synth"), str(data), "--seed", "0", "--quiet")
     _run(_bin("gaze-train"), str(data), "--out", str(runs), "--variants", "none,gaze",
-         "--seeds", "0", "--jobs", "2", "--resume", "--quiet")
+         "--seeds", "0", "--jobs", "2", "--resume", "--quiet", "--fusion", fusion)
     return runs
 
 
@@ -77,11 +82,13 @@ def _long_split(hours: float, sessions: int, queries: int) -> Path:
     return out
 
 
-def _bundle(runs: Path, variant: str) -> Path:
+def _bundle(runs: Path, variant: str, name: str | None = None) -> Path:
+    """The bundle ``name`` (default: the variant's) of ``runs``' ``variant``, exported
+    unless already current."""
     from gazenlq.bundle.manifest import verify_bundle
     from gazenlq.errors import GazeNLQError
 
-    bundle = OUT / "bundles" / variant
+    bundle = OUT / "bundles" / (name or variant)
     ckpt = runs / f"{variant}-s0" / "stage2" / "best"
     try:
         manifest = verify_bundle(bundle)
@@ -167,7 +174,9 @@ class _Memo:
 
 
 def _accuracy(bundle: Path, nlq: Path, stores: Path, variant: str, ms: tuple[int, ...],
-              rows: list, curve: list) -> None:
+              rows: list, curve: list, context: int | None = None) -> None:
+    """Rows of ``bundle``'s accuracy in both modes, M swept (``context``: the engine's
+    default when None)."""
     from gazenlq.bundle.manifest import sha256_file, verify_bundle
     from gazenlq.engine import SearchEngine, SearchOptions
     from gazenlq.nlq.annotations import load_queries
@@ -200,8 +209,9 @@ def _accuracy(bundle: Path, nlq: Path, stores: Path, variant: str, ms: tuple[int
     engine = SearchEngine.from_bundle(bundle, mode="coarse")
     row("coarse stage alone", "-",
         score("coarse alone", lambda: _coarse_only(engine, table, stores)))
+    ctx = SearchOptions.context if context is None else context
     for m in ms:
-        engine = SearchEngine.from_bundle(bundle, mode="coarse", candidates=m)
+        engine = SearchEngine.from_bundle(bundle, mode="coarse", candidates=m, context=ctx)
         got = score(f"coarse m={m} context={engine.options.context}",
                     lambda e=engine: e.answer_nlq(table, stores).entries)
         row("coarse to fine" + (" (default M)" if m == SearchOptions.candidates else ""), m,

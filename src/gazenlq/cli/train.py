@@ -31,6 +31,11 @@ class Preset(str, Enum):
     paper = "paper"
 
 
+class Fusion(str, Enum):
+    early = "early"
+    late = "late"
+
+
 def _ints(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -68,6 +73,9 @@ def train(
     feed_looked_at: Annotated[bool, typer.Option(
         help="With --looked-at: feed the head's looked-at track into the grounding model's "
         "query gate.")] = False,
+    fusion: Annotated[Fusion | None, typer.Option(
+        help="Where the query meets the video: early (GroundNLQ, the preset's) or late "
+        "(the pyramid cached per video, a light per-query head: faster search).")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, each in its own "
                                       "process with an equal share of the cores (2 suits a "
@@ -93,6 +101,8 @@ def train(
             fail(f"--variants: unknown variant {v!r} (expected {', '.join(GAZE_VARIANTS)})")
     if feed_looked_at and looked_at is None:
         fail("--feed-looked-at: the looked-at track needs --looked-at FILE")
+    if feed_looked_at and fusion is Fusion.late:
+        fail("--feed-looked-at enters through early fusion's query gate; drop --fusion late")
     from gazenlq.store.remote import location
 
     stores = location(data)
@@ -129,6 +139,8 @@ def train(
                                           warmup_epochs=min(cfg.stage2.warmup_epochs, epochs)))
     if gaze_reg_weight is not None:
         cfg = replace(cfg, pool=replace(cfg.pool, weight=gaze_reg_weight))
+    if fusion is not None:
+        cfg = replace(cfg, grounding=replace(cfg.grounding, fusion=fusion.value))
     if looked_at is not None:
         cfg = replace(cfg, semantic=replace(cfg.semantic, enabled=True, weight=semantic_weight),
                       grounding=replace(cfg.grounding, looked_at_feed=feed_looked_at))
@@ -147,7 +159,8 @@ def train(
                if gaze_reg_weight is not None else []),
              *(["--looked-at", _published(looked_at, data), "--semantic-weight",
                 str(semantic_weight)] if looked_at is not None else []),
-             *(["--feed-looked-at"] if feed_looked_at else [])]
+             *(["--feed-looked-at"] if feed_looked_at else []),
+             *(["--fusion", fusion.value] if fusion is not None else [])]
     # The command as a report can publish it: DATA and RUN stand for this machine's paths.
     table["data"], table["out"] = str(data), str(out)
     table["command"] = shlex.join(["gaze-train", "DATA", "--out", "RUN", "--preset",

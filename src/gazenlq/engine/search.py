@@ -547,10 +547,11 @@ class SearchEngine:
 
     def _output_shapes(self, length: int) -> dict[str, tuple[int, ...]]:
         """Per-window shape of every output of the per-video graph (the cache's arrays)."""
-        h = int(self.manifest.dims["hidden"])
-        shapes = {"video_emb": (length, h)}
+        # the graph's own width: a late-fusion bundle caches packed pyramids (twice hidden)
+        width = {t.name: t.shape[-1] for t in self.manifest.graph("video").outputs}
+        shapes = {"video_emb": (length, int(width["video_emb"]))}
         if self.manifest.uses_gaze:
-            shapes["gaze_emb"] = (length, h)
+            shapes["gaze_emb"] = (length, int(width["gaze_emb"]))
         if self.coarse is not None:
             shapes["coarse_emb"] = (-(-length // self.coarse["span"]), self.coarse["dim"])
         if self.manifest.looked_at is not None:
@@ -633,10 +634,12 @@ class SearchEngine:
             for r in library.regions(top[qi], context=self.options.context,
                                      multiple=multiple):
                 plan, cached = plans[r.store], indexes[r.store]
-                ws, we = plan.windows[r.window]
-                # the whole window is exactly its exhaustive row (padding included)
-                rows = slice(None) if (r.start, r.stop) == (0, we - ws) else \
-                    slice(r.start, r.stop)
+                ws = plan.windows[r.window][0]
+                # the region's steps up to its padded length (the cached window's are
+                # padded too, with zeros past its valid steps - except a late-fusion
+                # pyramid's coarser points, packed at later steps): the whole window is
+                # exactly its exhaustive row
+                rows = slice(r.start, r.start + pad_to(r.stop - r.start, multiple))
                 t.fine_steps += r.stop - r.start
                 by_plan[r.store].append(_Row(
                     qi, ws + r.start, r.stop - r.start, cached.video[r.window, rows],

@@ -3,7 +3,9 @@
 - ``text``: frozen query encoder, ``input_ids, attention_mask -> features [, query_emb]
   [, noun_emb]``;
 - ``video``: per-video half, ``video, mask [, gaze_features] -> video_emb [, gaze_emb]
-  [, coarse_emb] [, looked_at_emb]``; for the gaze variants the gaze tokens (of the
+  [, coarse_emb] [, looked_at_emb]``; for a late-fusion model ``video_emb`` and
+  ``gaze_emb`` are the packed pyramids (``training.pyramid``, twice the hidden width) and
+  the length is a multiple of ``length_multiple``; for the gaze variants the gaze tokens (of the
   stage-1 estimator or of the attention pool, ``GazeNLQ.gaze_source``) are computed inside
   it; ``query_emb`` and ``coarse_emb`` (models with a coarse stage) are the query and span
   embeddings of coarse-to-fine search; ``noun_emb`` and ``looked_at_emb`` (models with a
@@ -29,6 +31,7 @@ from gazenlq.errors import GazeNLQError
 from gazenlq.training import checkpoint
 from gazenlq.training.config import TrainConfig
 from gazenlq.training.model import GazeNLQ
+from gazenlq.training.pyramid import pack
 from gazenlq.training.semantic import noun_embedding
 
 GRAPHS = ("text", "video", "ground")
@@ -70,7 +73,11 @@ class VideoGraph(nn.Module):
         if self.estimator is not None:
             gaze = self.estimator.gaze_tokens(gaze_features, mask, self.variant)
         v, g = self.grounding.embed_video(video, mask, gaze)
-        out = (v,) if g is None else (v, g)
+        if self.grounding.late_fusion:
+            feats, _, levels = self.grounding.pyramid(v, g, mask)
+            out = (pack(feats),) if levels is None else (pack(feats), pack(levels))
+        else:
+            out = (v,) if g is None else (v, g)
         if self.coarse is not None:
             out = (*out, self.coarse.spans(v, g, mask))
         if self.semantic is not None:
@@ -79,7 +86,8 @@ class VideoGraph(nn.Module):
 
 
 class GroundGraph(nn.Module):
-    """Per-query half: text encoding, fusion, pyramid and heads."""
+    """Per-query half: text encoding, fusion, pyramid and heads - or, late fusion, the query
+    gate and the light head on the packed pyramid's points."""
 
     def __init__(self, model: GazeNLQ) -> None:
         super().__init__()
@@ -88,6 +96,8 @@ class GroundGraph(nn.Module):
     def forward(self, video_emb: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
                 text_mask: torch.Tensor, gaze_emb: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.grounding.late_fusion:
+            return self.grounding.ground_packed(video_emb, gaze_emb, mask, tokens, text_mask)
         return self.grounding.ground(video_emb, gaze_emb, mask, tokens, text_mask)
 
 
@@ -132,7 +142,8 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
     """The text, video and ground graphs of ``model`` (the table everything else reads)."""
     cfg = model.cfg.grounding
     gaze = model.gaze_source is not None
-    f32, h = "float32", cfg.hidden
+    f32 = "float32"
+    h = cfg.hidden * (2 if cfg.fusion == "late" else 1)  # the cached embeddings' width
     seq = ("batch", "length")
     txt = ("batch", "text_length")
     coarse = model.cfg.coarse if model.coarse is not None else None
@@ -162,7 +173,8 @@ def graph_defs(model: GazeNLQ, text_encoder: nn.Module) -> dict[str, GraphDef]:
         video_out.append(TensorSpec("looked_at_emb", f32, (*seq, cfg.text_dim)))
         valid["looked_at_emb"] = "mask"
     video = GraphDef("video", VideoGraph(model).eval(), tuple(video_in), tuple(video_out),
-                     masks={"mask": "length"}, valid=valid)
+                     masks={"mask": "length"}, valid=valid,
+                     length_multiple=cfg.length_multiple if cfg.fusion == "late" else 1)
     pts = ("batch", "points")
     ground = GraphDef(
         "ground", GroundGraph(model).eval(), tuple(ground_in),

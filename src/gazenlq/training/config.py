@@ -51,7 +51,8 @@ class GazePoolConfig:
 
 @dataclass(frozen=True)
 class GroundingConfig:
-    """Stage 2: GroundNLQ early-fusion multi-scale transformer, extended with gaze."""
+    """Stage 2: GroundNLQ's multi-scale transformer, extended with gaze; early fusion (its
+    own) or late (``fusion``)."""
 
     video_dim: int = 256
     text_dim: int = 384
@@ -72,6 +73,12 @@ class GroundingConfig:
     the features say linearly: which objects a step shows, which object a query names."""
     query_gate: bool = True
     """Multiply the video steps by a query vector before the blocks (``QueryGate``)."""
+    fusion: str = "early"
+    """Where the query meets the video. 'early' (GroundNLQ): before the pyramid and by
+    cross-attention in every block, so the whole pyramid runs per query. 'late' (SnAG's
+    late fusion): the pyramid never sees the query, so it is computed once per video
+    window (the per-video graph, cached with the index); per query only the query gate
+    and one kernel-3 layer run on the pyramid's points before the heads."""
     max_len: int = 2560
     gaze: str = "gaze"
     """'none' (GroundNLQ baseline), 'gaze' (GazeNLQ), 'neg_gaze' (GazeNLQ*), 'uniform_gaze'

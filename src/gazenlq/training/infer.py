@@ -83,9 +83,9 @@ def predict(model: GroundingModel, estimator: GazeEstimator | GazePool | None,
             queries = item.queries[c:c + chunk]
             tokens, tmask = text.batch([text.index[q.text] for q in queries])
             q = len(queries)
-            logits, dists, pmask = model.ground(
-                v.expand(q, -1, -1), None if g is None else g.expand(q, -1, -1),
-                mask.expand(q, -1), tokens.to(device), tmask.to(device),
+            logits, dists, pmask = model.ground_clips(
+                v, g, mask, torch.zeros(q, dtype=torch.long, device=device),
+                tokens.to(device), tmask.to(device),
                 looked=None if looked is None else looked.expand(q, -1, -1))
             logits = logits.masked_fill(~pmask, float("-inf")).float().cpu()
             for query, lg, d in zip(queries, logits.numpy(), dists.float().cpu().numpy()):

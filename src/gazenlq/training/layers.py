@@ -195,22 +195,28 @@ class VideoBlock(nn.Module):
     """
 
     def __init__(self, dim: int, heads: int, window: int, ratio: int, stride: int,
-                 drop_path: float, dropout: float, layer_scale: float = 1e-4) -> None:
+                 drop_path: float, dropout: float, layer_scale: float = 1e-4,
+                 cross: bool = True) -> None:
+        """``cross`` False: no cross-attention to text (a late-fusion model's blocks, which
+        never see the query)."""
         super().__init__()
         self.stride = stride
-        self.ln_self, self.ln_cross, self.ln_mlp = (nn.LayerNorm(dim) for _ in range(3))
+        self.ln_self = nn.LayerNorm(dim)
+        self.ln_cross = nn.LayerNorm(dim) if cross else None
+        self.ln_mlp = nn.LayerNorm(dim)
         if stride > 1:
             self.down_q = MaskedConv(dim, dim, 3, stride, groups=dim, bias=False)
             self.down_kv = MaskedConv(dim, dim, 3, stride, groups=dim, bias=False)
             self.pool = nn.MaxPool1d(3, stride, padding=1)
         self.self_attn = Attention(dim, heads, window, dropout=dropout)
-        self.cross_attn = Attention(dim, heads, None, dropout=dropout, null_key=True)
+        self.cross_attn = Attention(dim, heads, None, dropout=dropout, null_key=True) \
+            if cross else None
         self.mlp = MLP(dim, ratio, dropout)
-        self.ls = nn.ModuleList(LayerScale(dim, layer_scale) for _ in range(3))
+        self.ls = nn.ModuleList(LayerScale(dim, layer_scale) for _ in range(3 if cross else 2))
         self.drop = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, text: torch.Tensor,
-                text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, text: torch.Tensor | None = None,
+                text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.ln_self(x)
         if self.stride > 1:
             h = h * mask.unsqueeze(-1).to(h.dtype)
@@ -223,8 +229,9 @@ class VideoBlock(nn.Module):
             skip = x
         fmask = mask.unsqueeze(-1).to(x.dtype)
         x = skip * fmask + self.drop(self.ls[0](self.self_attn(q, kv, mask))) * fmask
-        x = x + self.drop(self.ls[1](self.cross_attn(self.ln_cross(x), text, text_mask)))
-        x = x + self.drop(self.ls[2](self.mlp(self.ln_mlp(x))))
+        if self.cross_attn is not None:
+            x = x + self.drop(self.ls[1](self.cross_attn(self.ln_cross(x), text, text_mask)))
+        x = x + self.drop(self.ls[-1](self.mlp(self.ln_mlp(x))))
         return x * fmask, mask
 
 

@@ -225,9 +225,9 @@ def grounding_step(model: GazeNLQ, batch: dict, norm: PositiveNormaliser,
     saliency = cfg.saliency_weight > 0
     mask = batch["mask"][idx]
     looked = model.looked_track(v, gaze, batch["mask"])
-    out = model.grounding.ground(v[idx], None if g is None else g[idx], mask,
-                                 batch["tokens"], batch["text_mask"], with_match=saliency,
-                                 looked=None if looked is None else looked[idx])
+    out = model.grounding.ground_clips(v, g, batch["mask"], idx, batch["tokens"],
+                                       batch["text_mask"], with_match=saliency,
+                                       looked=None if looked is None else looked[idx])
     losses = grounding_loss(*out[:3], batch["answers"], cfg, norm,
                             match=out[3] if saliency else None, step_mask=mask)
     if attn is not None:
