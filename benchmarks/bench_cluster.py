@@ -16,10 +16,8 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -152,19 +150,13 @@ def s3_search(bundle: str, hours: float) -> tuple[Section, dict]:
     return section, summary
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ddp(windows: int, queries: int, repeat: int) -> tuple[Section, dict]:
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    from gazenlq.training.distributed import local_torchrun
+
     rows, summary = [], {}
     for n, threads in ((1, 1), (1, os.cpu_count() or 1), (2, 1)):
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={n}",
-               "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m",
-               "benchmarks.ddp_step", str(windows), str(queries), str(repeat), str(threads)]
+        cmd, env = local_torchrun(n, "-m", "benchmarks.ddp_step", str(windows), str(queries),
+                                  str(repeat), str(threads))
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
                              cwd=ROOT.parent)
         r = json.loads(out.stdout.strip().splitlines()[-1])

@@ -5,7 +5,6 @@ run killed after an epoch resumes to the same weights; the NCCL path on GPUs."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +13,9 @@ import pytest
 import torch
 
 from gazenlq.training import checkpoint
+from gazenlq.training.distributed import local_torchrun
 
 TOY = Path(__file__).with_name("ddp_toy.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:
@@ -30,10 +24,9 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(nproc: int, *args: object) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", str(TOY),
-           *map(str, args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    cmd, env = local_torchrun(nproc, str(TOY), *map(str, args))
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**env, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
 
 

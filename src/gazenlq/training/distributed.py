@@ -15,6 +15,8 @@ others wait at a barrier.
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +31,18 @@ class Group:
     rank: int
     world: int
     local_rank: int
+
+
+def local_torchrun(nproc: int, *target: str) -> tuple[list[str], dict[str, str]]:
+    """Command and environment that start ``target`` (a script, or ``-m`` and a module,
+    then its arguments) as ``nproc`` torchrun processes of this machine, the rendezvous
+    and gloo bound to 127.0.0.1 on a free port: nothing listens on another address."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+           "--master-addr=127.0.0.1", f"--master-port={port}", *target]
+    return cmd, {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
 def launched() -> bool:
