@@ -41,7 +41,8 @@ def local_torchrun(nproc: int, *target: str) -> tuple[list[str], dict[str, str]]
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           "--master-addr=127.0.0.1", f"--master-port={port}", *target]
+           "--master-addr=127.0.0.1", f"--master-port={port}", "--local-addr=127.0.0.1",
+           *target]
     return cmd, {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
