@@ -1,7 +1,8 @@
 """Late against early fusion on EgoSim's long-video split: what SnAG-style late fusion
 (``gaze-train --fusion late``: the query-independent pyramid computed once per video and
 cached, only a light query fusion and the heads per question) gains in speed and what it
-does to coarse-to-fine accuracy, beside the default early fusion (GroundNLQ).
+does to coarse-to-fine accuracy, beside early fusion (GroundNLQ; the small preset's
+until 2026-12-03, the paper preset's).
 
     python -m benchmarks.bench_fusion [--runs RUNS] [--late-runs LATE]
 
@@ -21,7 +22,6 @@ benchmarks/results/fusion.json and refreshes benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
@@ -33,29 +33,16 @@ from benchmarks.bench_longvideo import (
     _bundle,
     _long_split,
     _models,
+    _sample,
     _store_hours,
     _subset,
+    _throughput,
 )
 from benchmarks.common import Section, measure, write_result
 
 CACHE = OUT / "fusion-cache"
 CONTEXT0_MS = (8, 16, 64)
 SECOND_MS = (8, 16, 32, 64)
-
-
-def _second_sample() -> tuple[Path, Path]:
-    """Stores and annotations of sessions 11-20 of a 20-session long split: the first ten
-    are the scored and tuning sessions (a session's content follows its index), these ten
-    are new, so retention is measured on twice as many questions again."""
-    from gazenlq.synth.config import EgoSimConfig
-    from gazenlq.synth.dataset import plan_sessions
-
-    split = _long_split(10.0, 20, 100)
-    cfg = EgoSimConfig.from_dict(json.loads((split / "egosim.json").read_text())["config"])
-    videos = [p.video_uid for p in plan_sessions(cfg) if p.index >= 10]
-    nlq = _subset(split / "annotations" / "nlq_test.json", videos,
-                  OUT / "nlq_10h_second_sample.json")
-    return split / "stores", nlq
 
 
 def _engines(bundles: dict[str, tuple[Path, int]]) -> dict:
@@ -110,30 +97,6 @@ def _latency(engines: dict, targets: dict[str, tuple[Path, float]], texts: list[
     return sec
 
 
-def _throughput(engines: dict, target: Path, texts: list[str]) -> Section:
-    """Batched query files on ``target``: three rounds, every engine in turn within a
-    round (medians), so that the ratios between them come from one run."""
-    sec = Section("Batched queries (coarse to fine, one call, index present, 10 h session)",
-                  ["bundle", "queries per call", "seconds", "queries/s", "ground model s",
-                   "text s", "steps the fine model saw per query"])
-    for e in engines.values():
-        e.search(target, texts[:8])  # warm
-    for batch in (64, 500):
-        qs = (texts * 10)[:batch]
-        got: dict[str, list] = {name: [] for name in engines}
-        for _ in range(3):
-            for name, e in engines.items():
-                t0 = time.perf_counter()
-                res = e.search(target, qs)
-                got[name].append((time.perf_counter() - t0, res.timings))
-        for name, runs in got.items():
-            s, t = sorted(runs, key=lambda r: r[0])[1]
-            sec.rows.append([name, batch, round(s, 3), round(batch / s, 1),
-                             round(t.ground_model, 3), round(t.text, 3),
-                             round(t.fine_steps / batch)])
-    return sec
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=Path, help="gaze-train run dir with gaze-s0 and none-s0")
@@ -169,7 +132,8 @@ def main() -> None:
     acc.notes = (f"{len(videos)} sessions of the long split, {len(texts)} queries, each "
                  "answered over its whole session (as in the 'Long videos' section). "
                  "Context: steps either side of a candidate span (16 unless named).")
-    stores2, nlq2 = _second_sample()
+    # sessions 11-20 of a 20-session split: new, never used for tuning
+    stores2, nlq2 = _sample(list(range(10, 20)), "second_sample")
     acc2 = Section("The same on ten more 10-hour sessions (never used for tuning)",
                    acc.columns)
     for variant, bundle in (("gaze-late", gaze_late), ("none-late", none_late)):

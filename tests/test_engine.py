@@ -104,6 +104,34 @@ def test_second_search_uses_the_cache_and_a_stale_cache_is_rebuilt(tiny_trained,
     assert len(new) == 1 and new != old  # the stale cache of the same plan was replaced
 
 
+def test_texts_run_sorted_in_buckets_each_as_if_alone(tiny_bundle):
+    """A file of questions runs through the text graph sorted by length, TEXT_ROWS per call,
+    each call padded to its own longest: every question's features (on its tokens; zero on
+    the padding) and query embedding equal those of the question run alone, unpadded."""
+    from gazenlq.engine.runtime import TEXT_ROWS, Runtime
+
+    rng = np.random.default_rng(0)
+    words = np.array(["where", "did", "i", "put", "the", "red", "knife", "after", "cutting"])
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(1, 14))))
+             for _ in range(2 * TEXT_ROWS + 9)]
+    runtime = Runtime(tiny_bundle)
+    features, mask, emb = runtime.text(texts)
+    assert features.shape[:2] == mask.shape and mask.shape[0] == len(texts)
+    assert mask.sum(1).min() < mask.shape[1]  # padding to check, across several calls
+    session, spec = runtime.sessions["text"], runtime.specs["text"]
+    names = [t.name for t in spec.outputs]
+    for i, text in enumerate(texts):
+        tok = runtime.tokenizer([text])
+        alone = dict(zip(names, session.run(names, {"input_ids": tok.input_ids,
+                                                    "attention_mask": tok.attention_mask})))
+        n = tok.input_ids.shape[1]
+        assert mask[i].sum() == n and mask[i, :n].all()
+        np.testing.assert_allclose(features[i, :n], alone["features"][0], rtol=0, atol=1e-5)
+        assert not features[i, n:].any()
+        if emb is not None:
+            np.testing.assert_allclose(emb[i], alone["query_emb"][0], rtol=0, atol=1e-5)
+
+
 def test_collection_ranks_across_videos_and_windows_cover_long_videos(tiny_trained,
                                                                      tiny_bundle):
     data, _ = tiny_trained

@@ -133,11 +133,14 @@ def test_late_bundle_exports_and_every_span_a_candidate_is_exactly_exhaustive(
     assert np.isfinite([m.score for r in few for m in r.moments]).all()
 
 
-def test_cli_refuses_the_looked_at_feed_with_late_fusion(tmp_path):
+@pytest.mark.parametrize("asked", [["--fusion", "late"], []])
+def test_cli_refuses_the_looked_at_feed_with_late_fusion(tmp_path, asked):
+    """Asked for, or the small preset's own: the feed needs early fusion's query gate."""
     looked = tmp_path / "looked_at.json"
     looked.write_text("{}")
     r = subprocess.run([script("gaze-train"), str(tmp_path), "--out", str(tmp_path / "run"),
-                        "--fusion", "late", "--looked-at", str(looked), "--feed-looked-at"],
+                        *asked, "--looked-at", str(looked), "--feed-looked-at"],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "--fusion late" in r.stderr
+    assert r.returncode == 2 and "--fusion early" in r.stderr
+    assert ("--fusion late" if asked else "small preset") in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

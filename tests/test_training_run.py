@@ -24,12 +24,15 @@ from tests.conftest import script
 
 
 def tiny_config() -> TrainConfig:
+    """The small preset shrunk, with early fusion: the paper preset's path, which the
+    export and engine tests walk through; the small preset's own late fusion has
+    tests/test_late_fusion.py (and the demo)."""
     cfg = preset("small")
     return replace(
         cfg,
         estimator=replace(cfg.estimator, hidden=16, glu_layers=1, heads=2, embed_dim=16),
         grounding=replace(cfg.grounding, hidden=16, heads=2, text_blocks=1, stem_blocks=1,
-                          branch_blocks=2, mlp_ratio=1),
+                          branch_blocks=2, mlp_ratio=1, fusion="early"),
         stage1=replace(cfg.stage1, epochs=1, batch_size=32),
         stage2=replace(cfg.stage2, epochs=2, warmup_epochs=1, batch_size=8),
         train_max_len=128)

@@ -74,8 +74,9 @@ def train(
         help="With --looked-at: feed the head's looked-at track into the grounding model's "
         "query gate.")] = False,
     fusion: Annotated[Fusion | None, typer.Option(
-        help="Where the query meets the video: early (GroundNLQ, the preset's) or late "
-        "(the pyramid cached per video, a light per-query head: faster search).")] = None,
+        help="Where the query meets the video: early (GroundNLQ; the paper preset's) or "
+        "late (SnAG: the pyramid cached per video, a light per-query head, 3-4x faster "
+        "search; the small preset's). Default: the preset's.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="Data-loading worker processes.")] = 0,
     jobs: Annotated[int, typer.Option(min=1, help="Runs trained at once, each in its own "
                                       "process with an equal share of the cores (2 suits a "
@@ -101,8 +102,12 @@ def train(
             fail(f"--variants: unknown variant {v!r} (expected {', '.join(GAZE_VARIANTS)})")
     if feed_looked_at and looked_at is None:
         fail("--feed-looked-at: the looked-at track needs --looked-at FILE")
-    if feed_looked_at and fusion is Fusion.late:
-        fail("--feed-looked-at enters through early fusion's query gate; drop --fusion late")
+    late = (fusion.value if fusion is not None
+            else get_preset(preset.value).grounding.fusion) == "late"
+    if feed_looked_at and late:
+        fail("--feed-looked-at enters through early fusion's query gate, and this run is "
+             + ("late (--fusion late)" if fusion is not None
+                else f"late (the {preset.value} preset's)") + ": train with --fusion early")
     from gazenlq.store.remote import location
 
     stores = location(data)

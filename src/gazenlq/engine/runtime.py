@@ -53,6 +53,8 @@ DEVICES = {
 }
 NATIVE = "TensorRT (native engine)"
 GRAPHS = ("text", "video", "ground")
+TEXT_ROWS = 64
+"""Texts per call of the text graph (sorted by length; see :meth:`Runtime._text`)."""
 
 
 @dataclass(frozen=True)
@@ -271,19 +273,44 @@ class Runtime:
         spec = self.specs[name]
         return dict(zip((t.name for t in spec.outputs), self._run(name, feeds)))
 
+    def _text(self, texts: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The text graph's outputs of ``texts`` by name, and the token mask ``[Q, L]``.
+
+        The texts run sorted by length, ``TEXT_ROWS`` per call, each call padded to its
+        own longest text only: a file of questions costs what its tokens cost, not what
+        its longest question times its count would (benchmarks/RESULTS.md, "Long
+        videos"). Outputs along the token axis come back padded to the batch's longest
+        with zeros where the mask is False; per-text outputs in the texts' order."""
+        tok = self.tokenizer(texts)
+        lengths = tok.attention_mask.sum(axis=1)
+        order = np.argsort(lengths, kind="stable")
+        along = {t.name for t in self.specs["text"].outputs if "text_length" in t.shape}
+        out: dict[str, np.ndarray] = {}
+        for c in range(0, len(texts), TEXT_ROWS):
+            rows = order[c:c + TEXT_ROWS]
+            width = int(lengths[rows].max())
+            got = self._named("text", {"input_ids": tok.input_ids[rows, :width],
+                                       "attention_mask": tok.attention_mask[rows, :width]})
+            for name, value in got.items():
+                if name not in out:
+                    shape = ((len(texts), tok.input_ids.shape[1]) if name in along
+                             else (len(texts),))
+                    out[name] = np.zeros((*shape, *value.shape[len(shape):]), value.dtype)
+                if name in along:
+                    out[name][rows, :width] = value
+                else:
+                    out[name][rows] = value
+        return out, tok.attention_mask.astype(bool)
+
     def text(self, queries: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Token features ``[Q, L, D]``, mask ``[Q, L]`` (bool) and, for bundles with a
-        coarse stage, the query embeddings ``[Q, dim]`` of the queries."""
-        tok = self.tokenizer(queries)
-        out = self._named("text", {"input_ids": tok.input_ids,
-                                   "attention_mask": tok.attention_mask})
-        return out["features"], tok.attention_mask.astype(bool), out.get("query_emb")
+        """Token features ``[Q, L, D]`` (zero where the mask is False), mask ``[Q, L]``
+        (bool) and, for bundles with a coarse stage, the query embeddings ``[Q, dim]``."""
+        out, mask = self._text(queries)
+        return out["features"], mask, out.get("query_emb")
 
     def nouns(self, texts: list[str]) -> np.ndarray:
         """The noun embeddings ``[Q, D]`` of ``texts`` (bundles with a looked-at head)."""
-        tok = self.tokenizer(texts)
-        return self._named("text", {"input_ids": tok.input_ids,
-                                    "attention_mask": tok.attention_mask})["noun_emb"]
+        return self._text(texts)[0]["noun_emb"]
 
     def video(self, video: np.ndarray, mask: np.ndarray, gaze: np.ndarray | None
               ) -> dict[str, np.ndarray]:
