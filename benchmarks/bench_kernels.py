@@ -1,4 +1,5 @@
-"""Post-processing kernels: Soft-NMS latency, 1,000-query batch, cold start.
+"""Post-processing kernels: Soft-NMS latency, 1,000-query batch, a question file's
+decoding (per row against batched), cold start.
 
     python -m benchmarks.bench_kernels
 
@@ -16,13 +17,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numba
 import numpy as np
 
 from benchmarks.common import Section, measure, write_result
-from gazenlq.kernels import decode_segments, soft_nms, soft_nms_batch
+from gazenlq.kernels import decode_rows, decode_segments, soft_nms, soft_nms_batch
 from tests.kernel_reference import soft_nms_reference
 
 STEPS, LEVELS = 2560, 7
@@ -133,6 +135,45 @@ def batch(rng: np.random.Generator) -> tuple[Section, dict]:
     return section, summary
 
 
+def decode(rng: np.random.Generator) -> tuple[Section, dict]:
+    """A question file's decoding as coarse-to-fine search meets it: 3,200 rows of one
+    64-step region (a late bundle's 500-question file at M = 8 decodes about 3,250),
+    row by row with ``decode_segments`` (the engine until 2026-12-03) against
+    ``decode_rows`` on the ground graph's calls of 128 rows, alternating, medians of 7."""
+    rows, per_call = 3200, 128
+    sizes = [64 // 2**level for level in range(LEVELS)]
+    strides = [2**level for level in range(LEVELS)]
+    logits = rng.normal(-3.5, 1.5, (rows, sum(sizes))).astype(np.float32)
+    dist = rng.uniform(0.5, 4, (rows, sum(sizes), 2)).astype(np.float32)
+
+    def per_row() -> None:
+        for r in range(rows):
+            decode_segments(logits[r], dist[r], sizes, strides)
+
+    def batched() -> None:
+        for c in range(0, rows, per_call):
+            decode_rows(logits[c:c + per_call], dist[c:c + per_call], sizes, strides)
+
+    times: dict[str, list[float]] = {"decode_segments, row by row": [],
+                                     f"decode_rows, {per_call} rows per call": []}
+    per_row(), batched()  # warm
+    for _ in range(7):
+        for name, fn in zip(times, (per_row, batched)):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    ratio = medians["decode_segments, row by row"] / min(medians.values())
+    section = Section(
+        f"Decoding a question file: {rows:,} rows of a 64-step region ({sum(sizes)} points, "
+        f"{LEVELS} levels)", ["form", "ms", "us / row"],
+        [[name, round(m * 1e3, 1), round(m / rows * 1e6, 1)] for name, m in medians.items()],
+        f"row by row / batched = {ratio:.1f}x (one run, alternating); the same candidates "
+        "(tests/test_kernels_segments.py).")
+    return section, {"rows": rows, "ms": {k: v * 1e3 for k, v in medians.items()},
+                     "ratio": ratio}
+
+
 _COLD_CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
@@ -228,10 +269,11 @@ def main() -> None:
     rng = np.random.default_rng(2024)
     s_query, q = per_query(rng)
     s_batch, b = batch(rng)
+    s_decode, d = decode(rng)
     s_cold, c = cold_start()
     big = q[max(q, key=lambda k: int(k[1:]))]
     summary = {
-        "per_query": q, "batch": b, "cold_start": c,
+        "per_query": q, "batch": b, "decode": d, "cold_start": c,
         "targets": {
             "top5_at_4520_at_least_100x_faster_than_full_pass": big["full_over_top5"] >= 100,
             "batch_1000x4520_under_100ms": b["batch_ms"] < 100,
@@ -241,9 +283,9 @@ def main() -> None:
         },
     }
     path = write_result("kernels", "Post-processing kernels (Soft-NMS, decoding)",
-                        [s_query, s_batch, s_cold], summary=summary,
+                        [s_query, s_batch, s_decode, s_cold], summary=summary,
                         command="python -m benchmarks.bench_kernels")
-    for section in (s_query, s_batch, s_cold):
+    for section in (s_query, s_batch, s_decode, s_cold):
         print(f"\n## {section.heading}")
         print(" | ".join(section.columns))
         for row in section.rows:

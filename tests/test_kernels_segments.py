@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gazenlq.kernels import (
     Method,
     PostprocessConfig,
+    decode_rows,
     decode_segments,
     iou_matrix,
     nms,
@@ -161,6 +162,46 @@ def test_decode_matches_reference(sizes, data) -> None:
     np.testing.assert_allclose(got.scores, want[1], rtol=1e-6)
 
 
+@settings(max_examples=100, **SETTINGS)
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=4), st.integers(0, 5), st.data())
+def test_decode_rows_is_decode_segments_row_by_row(sizes, rows, data) -> None:
+    """The search's batched decoding: one kernel call, each row what decode_segments gives
+    it alone (masked points as -inf included)."""
+    m = sum(sizes)
+    logits = np.array(data.draw(st.lists(st.integers(-40, 40), min_size=rows * m,
+                                         max_size=rows * m)), np.float32).reshape(rows, m) / 4
+    logits[logits < -9] = -np.inf
+    dist = np.array(data.draw(st.lists(st.integers(0, 12), min_size=2 * rows * m,
+                                       max_size=2 * rows * m)),
+                    np.float32).reshape(rows, m, 2) / np.float32(8)
+    strides = [2**level for level in range(len(sizes))]
+    kwargs = {"score_threshold": data.draw(st.sampled_from([0.001, 0.1, 0.5])),
+              "pre_nms_topk": data.draw(st.integers(0, 14)),
+              "min_length": data.draw(st.sampled_from([0.001, 0.2, 1.0]))}
+    got = decode_rows(logits, dist, sizes, strides, **kwargs)
+    assert len(got) == rows
+    for r in range(rows):
+        want = decode_segments(logits[r], dist[r], sizes, strides, **kwargs)
+        for a, b in zip(got[r], want):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"logits": LOGITS}, r"logits must have shape \(B, M\)"),
+    ({"logits": np.array([[0, 0, np.nan, 0, 0, 0]])}, r"logits\(0, 2\) is nan"),
+    ({"distances": DISTANCES}, r"distances must have shape \(1, 6, 2\)"),
+    ({"distances": np.full((1, 6, 2), np.inf)}, r"distances must be finite"),
+    ({"level_sizes": [4, 3]}, r"sum to 7"),
+    ({"strides": [1, 0]}, r"strides must be finite and > 0"),
+    ({"pre_nms_topk": -1}, r"pre_nms_topk"),
+])
+def test_decode_rows_rejects_bad_inputs(change, match) -> None:
+    args = {"logits": LOGITS[None], "distances": DISTANCES[None], "level_sizes": SIZES,
+            "strides": STRIDES, **change}
+    with pytest.raises(ValueError, match=match):
+        decode_rows(**args)
+
+
 @pytest.mark.parametrize(("change", "match"), [
     ({"logits": np.array([np.nan, 0, 0, 0, 0, 0])}, r"logits\[0\] is nan"),
     ({"logits": np.zeros((6, 1))}, r"logits must have shape \(M,\)"),
@@ -224,6 +265,7 @@ def test_segment_kernels_compile_once() -> None:
     iou_matrix(np.asfortranarray(NMS_SEGS), NMS_SEGS.astype(np.float64))
     nms(NMS_SEGS.tolist(), NMS_SCORES.astype(np.float64), 0.5, top_k=np.int64(2))
     decode_segments(LOGITS.astype(np.float64), DISTANCES.tolist(), SIZES, [1.0, 2.0])
+    decode_rows(LOGITS[None].astype(np.float64), DISTANCES[None].tolist(), SIZES, [1.0, 2.0])
     for kernel in (segments_module._iou_matrix_into, segments_module._nms_into,
-                   decode_module._decode_into):
+                   decode_module._decode_into, decode_module._decode_rows_into):
         assert len(kernel.signatures) == 1, kernel.signatures

@@ -354,7 +354,7 @@ CACHE_PROBE = textwrap.dedent("""
     print(json.dumps(stats))
 """)
 ENTRY_KERNELS = ("_all_valid", "_soft_nms_into", "_soft_nms_batch", "_nms_into",
-                 "_iou_matrix_into", "_decode_into")
+                 "_iou_matrix_into", "_decode_into", "_decode_rows_into")
 
 
 @pytest.mark.slow

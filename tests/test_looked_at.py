@@ -170,10 +170,11 @@ def test_egosim_fixation_spans_land_on_visible_objects(egosim_small):
 
 # -- trained, exported and searched -------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def semantic_bundle(egosim_small, tmp_path_factory):
+@pytest.fixture(scope="module", params=["early", "late"])
+def semantic_bundle(egosim_small, tmp_path_factory, request):
     """A tiny no-gaze model with a looked-at head, trained on the small EgoSim world for one
-    epoch and exported: ``(data, bundle, export report)``."""
+    epoch and exported, with either fusion (late: the small preset's): ``(data, bundle,
+    export report)``."""
     from gazenlq.export.exporter import export_bundle
     from gazenlq.training.run import DataPaths, train
     from tests.test_training_run import tiny_config
@@ -182,7 +183,8 @@ def semantic_bundle(egosim_small, tmp_path_factory):
     data = DataPaths.egosim(out)
     cfg = tiny_config()
     cfg = replace(cfg, semantic=replace(cfg.semantic, enabled=True, hidden=16),
-                  stage2=replace(cfg.stage2, epochs=1))
+                  stage2=replace(cfg.stage2, epochs=1),
+                  grounding=replace(cfg.grounding, fusion=request.param))
     run = tmp_path_factory.mktemp("semantic") / "run"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

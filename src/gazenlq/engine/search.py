@@ -673,7 +673,7 @@ class SearchEngine:
         """The ground graph on fused batches of (window or region, query) rows - at most
         ``options.batch`` rows and ``fuse_steps`` steps per call - then decoding of every
         row; rows shorter than ``length`` are zero-padded and masked."""
-        from gazenlq.kernels import decode_segments
+        from gazenlq.kernels import decode_rows
 
         t = timings
         sizes = level_sizes(length, len(self.strides))
@@ -698,11 +698,10 @@ class SearchEngine:
             t.ground_model += time.perf_counter() - t0
             t0 = time.perf_counter()
             logits = np.where(pmask, logits, -np.inf).astype(np.float32)
-            for j, r in enumerate(chunk):
-                cand = decode_segments(logits[j], dists[j], sizes, self.strides,
-                                       score_threshold=post.score_threshold,
-                                       pre_nms_topk=post.pre_nms_topk,
-                                       min_length=post.min_length)
+            decoded = decode_rows(logits, dists, sizes, self.strides,
+                                  score_threshold=post.score_threshold,
+                                  pre_nms_topk=post.pre_nms_topk, min_length=post.min_length)
+            for j, (r, cand) in enumerate(zip(chunk, decoded)):
                 cands[r.query].append((cand.segments + np.float32(r.start), cand.scores))
                 if curves:
                     prob = 1 / (1 + np.exp(-logits[j, :r.valid]))

@@ -11,7 +11,13 @@ Segments are in feature steps; convert with ``gazenlq.timegrid.TimeGrid``.
 """
 
 from ._boundary import start_numba
-from .decode import Candidates, PostprocessConfig, decode_segments, postprocess_query
+from .decode import (
+    Candidates,
+    PostprocessConfig,
+    decode_rows,
+    decode_segments,
+    postprocess_query,
+)
 from .softnms import (
     BatchNMSResult,
     Method,
@@ -29,6 +35,7 @@ __all__ = [
     "Method",
     "NMSResult",
     "PostprocessConfig",
+    "decode_rows",
     "decode_segments",
     "iou_matrix",
     "nms",

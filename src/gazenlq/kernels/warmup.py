@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .decode import decode_segments, postprocess_query
+from .decode import decode_rows, decode_segments, postprocess_query
 from .softnms import iou_matrix, nms, soft_nms, soft_nms_batch
 
 
@@ -21,9 +21,10 @@ def warm_up(*, search_only: bool = False) -> None:
     segments = np.array([[0.0, 2.0], [1.0, 3.0]], np.float32)
     scores = np.array([0.9, 0.8], np.float32)
     soft_nms(segments, scores, top_k=1, voting_thresh=0.5)
-    decode_segments(np.zeros(3, np.float32), np.ones((3, 2), np.float32), [2, 1], [1, 2])
+    decode_rows(np.zeros((1, 3), np.float32), np.ones((1, 3, 2), np.float32), [2, 1], [1, 2])
     if search_only:
         return
+    decode_segments(np.zeros(3, np.float32), np.ones((3, 2), np.float32), [2, 1], [1, 2])
     soft_nms_batch(segments, scores, [0, 2], top_k=1)
     nms(segments, scores, 0.5)
     iou_matrix(segments, segments)
