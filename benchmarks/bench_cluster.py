@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -151,14 +150,15 @@ def s3_search(bundle: str, hours: float) -> tuple[Section, dict]:
 
 
 def ddp(windows: int, queries: int, repeat: int) -> tuple[Section, dict]:
-    from gazenlq.training.distributed import local_torchrun
+    from gazenlq.training.distributed import run_local
 
     rows, summary = [], {}
     for n, threads in ((1, 1), (1, os.cpu_count() or 1), (2, 1)):
-        cmd, env = local_torchrun(n, "-m", "benchmarks.ddp_step", str(windows), str(queries),
-                                  str(repeat), str(threads))
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env,
-                             cwd=ROOT.parent)
+        out = run_local(n, "-m", "benchmarks.ddp_step", str(windows), str(queries),
+                        str(repeat), str(threads), cwd=ROOT.parent)
+        if out.returncode:
+            raise RuntimeError(f"benchmarks.ddp_step on {n} ranks failed:\n"
+                               f"{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append([n, r["threads_per_process"], f"{windows} x 256 steps, "
                      f"{windows * queries} queries",
@@ -168,7 +168,8 @@ def ddp(windows: int, queries: int, repeat: int) -> tuple[Section, dict]:
     section = Section(
         "DDP training step on the CPU (gloo), small preset, the same global batch",
         ["processes", "threads each", "global batch", "step ms [p10-p90]", "queries/s"], rows,
-        "torchrun on 127.0.0.1; each process takes its share of the global batch (stage 2, "
+        "Ranks started by distributed.run_local, every socket on 127.0.0.1; each process "
+        "takes its share of the global batch (stage 2, "
         "random batches of the trainer's shapes), the gradients are averaged by DDP. "
         "1 process x 1 thread against 2 processes x 1 thread is the scaling on 2 cores; "
         "1 process x 2 threads is the alternative use of the same 2 cores (intra-op "

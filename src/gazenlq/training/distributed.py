@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +37,61 @@ class Group:
     local_rank: int
 
 
-def local_torchrun(nproc: int, *target: str) -> tuple[list[str], dict[str, str]]:
-    """Command and environment that start ``target`` (a script, or ``-m`` and a module,
-    then its arguments) as ``nproc`` torchrun processes of this machine, the rendezvous
-    and gloo bound to 127.0.0.1 on a free port: nothing listens on another address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           "--master-addr=127.0.0.1", f"--master-port={port}", "--local-addr=127.0.0.1",
-           *target]
-    return cmd, {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+STORE_FD = "GAZENLQ_STORE_FD"
+"""Set by :func:`run_local` on every rank: for rank 0 a socket already listening on
+127.0.0.1, which the process group's store serves on; -1 on the others (clients)."""
+
+
+def run_local(nproc: int, *target: str, env: dict[str, str] | None = None,
+              timeout: float = 600, cwd: str | os.PathLike | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run ``target`` (a script, or ``-m`` and a module, then its arguments) as ``nproc``
+    ranks of one process group on this machine: the environment ``torchrun
+    --nproc-per-node`` gives, without torchrun's agent, whose store listens on every
+    address. Rank 0's store serves on a socket bound here to 127.0.0.1 and inherited
+    (:data:`STORE_FD`); gloo runs on ``lo``. Bounded by ``timeout`` seconds; a failing rank
+    stops the others. Returns rank 0's stdout, every rank's stderr and the first failing
+    rank's code (0 when all succeed)."""
+    base = {**(os.environ if env is None else env), "MASTER_ADDR": "127.0.0.1",
+            "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+            "GLOO_SOCKET_IFNAME": "lo"}
+    cmd = [sys.executable, *target]
+    with socket.socket() as listener, ExitStack() as files:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(nproc)
+        base["MASTER_PORT"] = str(listener.getsockname()[1])
+        outs = [(files.enter_context(tempfile.TemporaryFile("w+")),
+                 files.enter_context(tempfile.TemporaryFile("w+"))) for _ in range(nproc)]
+        procs = [subprocess.Popen(
+            cmd, cwd=cwd, stdout=out, stderr=err, text=True,
+            pass_fds=(listener.fileno(),) if rank == 0 else (),
+            env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                 STORE_FD: str(listener.fileno() if rank == 0 else -1)})
+            for rank, (out, err) in enumerate(outs)]
+        listener.close()  # rank 0 holds its own copy
+        code = _wait_all(procs, time.monotonic() + timeout)
+        texts = []
+        for out, err in outs:
+            out.seek(0)
+            err.seek(0)
+            texts.append((out.read(), err.read()))
+    stderr = "".join(f"--- rank {r} ---\n{err}" for r, (_, err) in enumerate(texts))
+    return subprocess.CompletedProcess(cmd, code, texts[0][0], stderr)
+
+
+def _wait_all(procs: list[subprocess.Popen], deadline: float) -> int:
+    """Wait for every process; at the first failure or the deadline, kill the rest.
+    Returns the first non-zero return code (-9 for a timeout), else 0."""
+    while None in [p.poll() for p in procs]:  # a list: every process polled
+        failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+        if failed or time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                p.wait()
+            return failed[0] if failed else -9
+        time.sleep(0.05)
+    return next((p.returncode for p in procs if p.returncode), 0)
 
 
 def launched() -> bool:
@@ -52,8 +100,8 @@ def launched() -> bool:
 
 
 def init_from_env(cuda: bool) -> Group | None:
-    """Join the process group torchrun set up (NCCL when ``cuda``, else gloo); None when
-    this is a single process."""
+    """Join the process group torchrun (or :func:`run_local`) set up (NCCL when ``cuda``,
+    else gloo); None when this is a single process."""
     import torch.distributed as dist
 
     if not launched():
@@ -61,7 +109,16 @@ def init_from_env(cuda: bool) -> Group | None:
     if not dist.is_initialized():
         if cuda:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        if STORE_FD in os.environ:  # run_local: rank 0 serves on its loopback socket
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            fd = int(os.environ[STORE_FD])
+            store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                  world, is_master=rank == 0,
+                                  master_listen_fd=fd if rank == 0 else None)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend=backend)
     return current()
 
 
